@@ -1,0 +1,88 @@
+"""Typed settings loaded from the YAML files in `configs/`: one place for every default.
+
+Paths inside a config are resolved against the config file's folder's parent, so the same
+file works from the repo root, from a `ray job submit --working-dir` copy and from tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitConfig(_Strict):
+    train: float = 0.7
+    valid: float = 0.15
+    test: float = 0.15
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.valid + self.test
+        if abs(total - 1.0) > 1e-9 or min(self.train, self.valid, self.test) <= 0:
+            raise ValueError(f"split fractions must be positive and sum to 1, got {total}")
+        return self
+
+
+class DataConfig(_Strict):
+    synth_rows: int = Field(20_000, ge=1_000, le=10_000_000)
+    seed: int = 42
+    split: SplitConfig = SplitConfig()
+    batch_size: int = Field(50_000, ge=1)
+
+
+class TrainConfig(_Strict):
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: int = Field(2, ge=1)
+    use_gpu: bool = False
+    num_boost_round: int = Field(200, ge=1)
+    early_stopping_rounds: int | None = 20
+    seed: int = 42
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrackingConfig(_Strict):
+    experiment: str = "ray_app"
+    model_name: str = "churn_model"
+
+
+class PipelineConfig(_Strict):
+    contract: Path
+    gates: Path
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with path.open() as f:
+        loaded = yaml.safe_load(f) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    """Load and validate `configs/pipeline.yaml`; relative paths are taken from the project root."""
+    path = Path(path).resolve()
+    raw = load_yaml(path)
+    root = path.parent.parent
+    for key in ("contract", "gates"):
+        if key in raw and not Path(raw[key]).is_absolute():
+            raw[key] = str(root / raw[key])
+    return PipelineConfig.model_validate(raw)
+
+
+def rayapp_home() -> Path:
+    """Where local state lives (data snapshots, MLflow store, Ray results): `$RAYAPP_HOME`."""
+    return Path(os.environ.get("RAYAPP_HOME", Path.cwd() / ".rayapp")).resolve()

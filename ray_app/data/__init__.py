@@ -1,0 +1,1 @@
+"""Data layer: the built-in dataset, the data contract, ingest and validation."""

@@ -1,0 +1,172 @@
+"""The data contract: the one source of truth for a table's columns, types, ranges and roles.
+
+A contract is plain YAML (`configs/contract.yaml`). Everything downstream asks it questions
+instead of naming columns: which column is the id or the label, which are features, which are
+sensitive or slices. `expectations()` compiles it into a Great Expectations suite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import great_expectations.expectations as gxe
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ray_app.config import load_yaml
+
+ColumnType = Literal["integer", "float", "string", "category", "date", "boolean"]
+Role = Literal["id", "label", "feature", "sensitive", "slice", "timestamp"]
+NUMERIC_TYPES = ("integer", "float")
+
+
+class ColumnSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: ColumnType
+    nullable: bool = True
+    min: float | dt.date | None = None
+    max: float | dt.date | None = None
+    allowed: list[Any] | None = None
+    roles: list[Role] = Field(default_factory=list)
+    positive: Any = None  # the label's positive class value (label column only)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ColumnSpec:
+        if (self.min is not None or self.max is not None) and self.type not in (
+            *NUMERIC_TYPES,
+            "date",
+        ):
+            raise ValueError(f"min/max only apply to numeric and date columns, not {self.type}")
+        if self.type == "category" and not self.allowed:
+            raise ValueError("a category column needs its `allowed` values")
+        if self.type in ("category", "string"):
+            # Text columns are compared as text, even where YAML wrote a value as a number.
+            if self.allowed is not None:
+                self.allowed = [str(v) for v in self.allowed]
+            if self.positive is not None:
+                self.positive = str(self.positive)
+        if "label" in self.roles:
+            if self.positive is None:
+                raise ValueError("the label column needs `positive` (its positive class value)")
+            if self.allowed is not None and self.positive not in self.allowed:
+                raise ValueError(f"positive label {self.positive!r} is not in allowed values")
+        return self
+
+
+class DerivedSpec(BaseModel):
+    """A feature computed from other columns; `days_between` is end minus start in days."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    op: Literal["days_between"]
+    start: str
+    end: str
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.start, self.end]
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    columns: dict[str, ColumnSpec]
+    derived: list[DerivedSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _roles(self) -> Contract:
+        counts = Counter(role for spec in self.columns.values() for role in spec.roles)
+        if counts["label"] != 1:
+            raise ValueError(f"exactly one column must have role `label`, found {counts['label']}")
+        for role in ("id", "timestamp"):
+            if counts[role] > 1:
+                raise ValueError(f"at most one column may have role `{role}`")
+        if not self.feature_columns and not self.derived:
+            raise ValueError("no column has role `feature` and nothing is derived")
+        for d in self.derived:
+            for src in d.sources:
+                if src not in self.columns or self.columns[src].type != "date":
+                    raise ValueError(f"derived `{d.name}`: source `{src}` must be a date column")
+            if d.name in self.columns:
+                raise ValueError(f"derived `{d.name}` clashes with a column of the same name")
+        return self
+
+    def _with_role(self, role: Role) -> list[str]:
+        return [name for name, spec in self.columns.items() if role in spec.roles]
+
+    def _one(self, role: Role) -> str | None:
+        found = self._with_role(role)
+        return found[0] if found else None
+
+    @cached_property
+    def label_column(self) -> str:
+        return self._with_role("label")[0]
+
+    @property
+    def positive_label(self) -> Any:
+        return self.columns[self.label_column].positive
+
+    @property
+    def id_column(self) -> str | None:
+        return self._one("id")
+
+    @property
+    def timestamp_column(self) -> str | None:
+        return self._one("timestamp")
+
+    @cached_property
+    def feature_columns(self) -> list[str]:
+        return self._with_role("feature")
+
+    @property
+    def sensitive_columns(self) -> list[str]:
+        return self._with_role("sensitive")
+
+    @property
+    def slice_columns(self) -> list[str]:
+        return self._with_role("slice")
+
+    @cached_property
+    def input_columns(self) -> list[str]:
+        """Columns a prediction request must carry: features plus sources of derived features."""
+        needed = set(self.feature_columns) | {s for d in self.derived for s in d.sources}
+        return [name for name in self.columns if name in needed]
+
+    def expectations(self) -> list[gxe.Expectation]:
+        """Compile the contract into Great Expectations expectations, one per rule."""
+        out: list[gxe.Expectation] = []
+        for name, spec in self.columns.items():
+            if not spec.nullable:
+                out.append(gxe.ExpectColumnValuesToNotBeNull(column=name))
+            if spec.min is not None or spec.max is not None:
+                out.append(
+                    gxe.ExpectColumnValuesToBeBetween(
+                        column=name, min_value=_gx_bound(spec.min), max_value=_gx_bound(spec.max)
+                    )
+                )
+            if spec.allowed is not None:
+                out.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=spec.allowed))
+        return out
+
+
+def _gx_bound(value: float | dt.date | None) -> Any:
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time())
+    return value
+
+
+def load_contract(path: str | Path) -> Contract:
+    """Load a contract YAML; errors name the file and the offending field."""
+    try:
+        return Contract.model_validate(load_yaml(path))
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise ValueError(f"invalid data contract {path}: {problems}") from None

@@ -1,0 +1,1 @@
+"""Model evaluation: metrics on held-out data and the promotion gate."""

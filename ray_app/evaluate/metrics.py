@@ -1,0 +1,60 @@
+"""Classification metrics, named once here and used by tracking, the gate and reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import ray.data
+import xgboost as xgb
+from sklearn import metrics as skm
+
+from ray_app.features import LABEL
+
+ROC_AUC, F1, PRECISION, RECALL, ACCURACY, LOGLOSS = (
+    "roc_auc",
+    "f1",
+    "precision",
+    "recall",
+    "accuracy",
+    "logloss",
+)
+PROBA = "proba"
+
+
+def classification_metrics(
+    y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
+    if len(np.unique(y_true)) < 2:
+        raise ValueError("metrics need both classes in the evaluation data")
+    y_pred = (proba >= threshold).astype(int)
+    return {
+        ROC_AUC: float(skm.roc_auc_score(y_true, proba)),
+        F1: float(skm.f1_score(y_true, y_pred, zero_division=0)),
+        PRECISION: float(skm.precision_score(y_true, y_pred, zero_division=0)),
+        RECALL: float(skm.recall_score(y_true, y_pred, zero_division=0)),
+        ACCURACY: float(skm.accuracy_score(y_true, y_pred)),
+        LOGLOSS: float(skm.log_loss(y_true, proba, labels=[0, 1])),
+    }
+
+
+class _Scorer:
+    """Ray Data UDF: loads the booster once per worker and scores batches."""
+
+    def __init__(self, model: bytes, feature_names: list[str]):
+        self.booster = xgb.Booster(model_file=bytearray(model))
+        self.feature_names = feature_names
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        proba = self.booster.inplace_predict(batch[self.feature_names])
+        return pd.DataFrame({LABEL: batch[LABEL].to_numpy(), PROBA: proba})
+
+
+def score(ds: ray.data.Dataset, booster: xgb.Booster, feature_names: list[str]) -> pd.DataFrame:
+    """Labels and probabilities for a transformed dataset, scored in Ray Data tasks."""
+    model = bytes(booster.save_raw("ubj"))
+    return ds.map_batches(
+        _Scorer,
+        fn_constructor_kwargs={"model": model, "feature_names": feature_names},
+        batch_format="pandas",
+        concurrency=1,
+    ).to_pandas()

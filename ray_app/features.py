@@ -1,0 +1,107 @@
+"""Features, defined once and applied by the same code in training and in Serve.
+
+`fit` learns the categorical vocabularies on the training split with Ray Data's
+`OrdinalEncoder`; the result is a small JSON document (`FeatureSet`) saved with the model, not a
+pickle. `transform` turns a pandas frame into the model's float32 matrix: Ray Data batches in
+training and the rows of an HTTP request in Serve go through this one function, so the two paths
+cannot drift apart (tests/test_features.py proves it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray.data
+from ray.data.preprocessors import OrdinalEncoder
+
+from ray_app.data.contract import Contract
+
+LABEL = "label"  # column holding the 0/1 target in transformed datasets
+_NULL = "__null__"  # placeholder so the encoder never sees nulls; never part of a vocabulary
+
+
+@dataclass
+class FeatureSet:
+    """Everything needed to turn raw rows into model input, as plain JSON-able data."""
+
+    contract: dict[str, Any]
+    numeric: list[str]
+    categorical: dict[str, list[str]]
+    derived: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [*self.numeric, *self.categorical, *(d["name"] for d in self.derived)]
+
+    def parsed_contract(self) -> Contract:
+        return Contract.model_validate(self.contract)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSet:
+        return cls(**json.loads(text))
+
+
+def fit(train: ray.data.Dataset, contract: Contract) -> FeatureSet:
+    """Fit the vocabularies of the categorical features on the training split."""
+    types = {name: contract.columns[name].type for name in contract.feature_columns}
+    numeric = [n for n, t in types.items() if t in ("integer", "float", "boolean")]
+    categorical = [n for n, t in types.items() if t in ("category", "string")]
+    vocab: dict[str, list[str]] = {}
+    if categorical:
+        filled = train.select_columns(categorical).map_batches(
+            lambda b: b.fillna(_NULL), batch_format="pandas"
+        )
+        stats = OrdinalEncoder(columns=categorical).fit(filled).stats_
+        for name in categorical:
+            seen = stats[f"unique_values({name})"]
+            vocab[name] = sorted(v for v in seen if v != _NULL)
+    return FeatureSet(
+        contract=json.loads(contract.model_dump_json()),
+        numeric=numeric,
+        categorical=vocab,
+        derived=[d.model_dump() for d in contract.derived],
+    )
+
+
+def transform(df: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
+    """Model input for raw rows: float32 columns in `fs.feature_names` order; null and
+    unseen categories become NaN, which XGBoost treats as missing."""
+    out: dict[str, np.ndarray] = {}
+    for name in fs.numeric:
+        out[name] = pd.to_numeric(df[name], errors="coerce").to_numpy(np.float32, na_value=np.nan)
+    for name, values in fs.categorical.items():
+        codes = {v: float(i) for i, v in enumerate(values)}
+        out[name] = df[name].map(codes).to_numpy(np.float32, na_value=np.nan)
+    for d in fs.derived:
+        start = pd.to_datetime(df[d["start"]], errors="coerce")
+        end = pd.to_datetime(df[d["end"]], errors="coerce")
+        out[d["name"]] = (end - start).dt.days.to_numpy(np.float32, na_value=np.nan)
+    return pd.DataFrame(out, index=df.index)
+
+
+def encode_label(df: pd.DataFrame, contract: Contract) -> np.ndarray:
+    """The label as 0/1, positive class from the contract."""
+    raw = df[contract.label_column]
+    positive = contract.positive_label
+    if contract.columns[contract.label_column].type in ("category", "string"):
+        return (raw.astype(str) == str(positive)).to_numpy(np.int32)
+    return (pd.to_numeric(raw) == positive).to_numpy(np.int32)
+
+
+def _model_frame(batch: pd.DataFrame, fs_json: str) -> pd.DataFrame:
+    fs = FeatureSet.from_json(fs_json)
+    out = transform(batch, fs)
+    out[LABEL] = encode_label(batch, fs.parsed_contract())
+    return out
+
+
+def transform_dataset(ds: ray.data.Dataset, fs: FeatureSet) -> ray.data.Dataset:
+    """The batch path: features plus the 0/1 label for every row of a Ray dataset."""
+    return ds.map_batches(_model_frame, fn_kwargs={"fs_json": fs.to_json()}, batch_format="pandas")
