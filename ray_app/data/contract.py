@@ -113,6 +113,13 @@ class Contract(BaseModel):
         return self.columns[self.label_column].positive
 
     @property
+    def negative_label(self) -> Any:
+        """The other allowed label value, when the label has exactly two; else None."""
+        allowed = self.columns[self.label_column].allowed or []
+        others = [v for v in allowed if v != self.positive_label]
+        return others[0] if len(allowed) == 2 and len(others) == 1 else None
+
+    @property
     def id_column(self) -> str | None:
         return self._one("id")
 

@@ -94,13 +94,13 @@ def _logit(df: pd.DataFrame, noise: np.ndarray) -> np.ndarray:
     tenure_years = (df["last_login"] - df["signup_date"]).dt.days.to_numpy() / 365.0
     basic = (df["plan"] == "basic").to_numpy()
     return (
-        1.1 * np.log1p(df["days_since_last_login"].to_numpy())
-        + 0.45 * df["support_tickets"].to_numpy() * np.where(basic, 1.6, 0.8)
-        - 0.9 * np.sqrt(df["purchase_frequency"].to_numpy())
-        - 0.8 * np.tanh(tenure_years / 2.0)
-        + 0.0015 * (df["age"].to_numpy() - 45.0) ** 2
-        + 0.015 * np.maximum(df["monthly_charge"].to_numpy() - 60.0, 0.0)
-        + np.where((df["region"] == "south").to_numpy(), 0.3, 0.0)
+        2.2 * np.log1p(df["days_since_last_login"].to_numpy())
+        + 0.9 * df["support_tickets"].to_numpy() * np.where(basic, 1.6, 0.8)
+        - 1.8 * np.sqrt(df["purchase_frequency"].to_numpy())
+        - 1.6 * np.tanh(tenure_years / 2.0)
+        + 0.003 * (df["age"].to_numpy() - 45.0) ** 2
+        + 0.03 * np.maximum(df["monthly_charge"].to_numpy() - 60.0, 0.0)
+        + np.where((df["region"] == "south").to_numpy(), 0.6, 0.0)
         + noise
     )
 

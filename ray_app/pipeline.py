@@ -1,0 +1,155 @@
+"""The whole flow as one function: data → validated snapshot → features → model → registry.
+
+`run` is what `jobs/pipeline.py` (under `ray job submit`) and `rayapp pipeline` call. It
+expects Ray to be initialised by its caller and reports each step through `log`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import mlflow
+import xgboost as xgb
+
+from ray_app import features, registry, tracking
+from ray_app.config import PipelineConfig, rayapp_home
+from ray_app.data import synth
+from ray_app.data.contract import Contract, load_contract
+from ray_app.data.ingest import inspect_source, read_raw
+from ray_app.data.snapshot import read_snapshot, write_snapshot
+from ray_app.data.split import split_dataset
+from ray_app.data.validate import validate
+from ray_app.evaluate.gate import minimal_gate, thresholds
+from ray_app.evaluate.metrics import PROBA, classification_metrics, score
+from ray_app.serve.schema import to_records
+from ray_app.train import train, xgb_params
+
+SAMPLE_REQUEST = "sample_request.json"
+
+
+@dataclass
+class PipelineResult:
+    dataset_version: str
+    rows: int
+    run_id: str
+    metrics: dict[str, float]
+    model_name: str
+    model_version: str
+    promoted: bool
+    gate_reasons: list[str]
+
+
+def builtin_dataset(rows: int, seed: int) -> Path:
+    """The built-in churn table for (rows, seed), generated once under `$RAYAPP_HOME`."""
+    path = rayapp_home() / "builtin" / f"churn-{rows}-seed{seed}.csv"
+    if not path.exists():
+        synth.write(path, rows, seed)
+    return path
+
+
+def _log_artifacts(
+    booster: xgb.Booster, fs: features.FeatureSet, cfg: PipelineConfig, sample: list[dict]
+) -> None:
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ax = xgb.plot_importance(booster, importance_type="gain", max_num_features=20, show_values=False)
+    ax.set_title("feature importance (gain)")
+    mlflow.log_figure(ax.figure, "feature_importance.png")
+    plt.close(ax.figure)
+    mlflow.log_text(fs.to_json(), "preprocessor/features.json")
+    mlflow.log_dict(json.loads(cfg.model_dump_json()), "config/pipeline.json")
+    mlflow.log_dict({"instances": sample}, SAMPLE_REQUEST)
+
+
+def run(
+    cfg: PipelineConfig,
+    data: str | Path | None = None,
+    contract_path: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> PipelineResult:
+    started = time.perf_counter()
+
+    def step(message: str) -> None:
+        nonlocal started
+        log(f"{message} ({time.perf_counter() - started:.1f}s)")
+        started = time.perf_counter()
+
+    contract: Contract = load_contract(contract_path or cfg.contract)
+    home = rayapp_home()
+    data = Path(data) if data else builtin_dataset(cfg.data.synth_rows, cfg.data.seed)
+
+    source = inspect_source(data, contract)
+    report = validate(read_raw(source, contract), contract, source, cfg.data.batch_size)
+    report.raise_for_failures()
+    step(f"[validate] {report.rows} rows of {source.path.name} passed {len(report.checked)} checks "
+        f"of contract {contract.name!r}; dataset version {source.version}")
+
+    snapshot = write_snapshot(read_raw(source, contract), contract, source, report.rows, home / "data")
+    step(f"[snapshot] typed Parquet snapshot at {snapshot}")
+
+    splits = split_dataset(read_snapshot(snapshot).materialize(), contract.id_column, cfg.data.split)
+    fs = features.fit(splits["train"], contract)
+    names = fs.feature_names
+    model_data = {k: features.transform_dataset(v, fs).materialize() for k, v in splits.items()}
+    counts = {k: v.count() for k, v in model_data.items()}
+    step(f"[features] {len(names)} features fitted on train; rows train/valid/test = "
+        f"{counts['train']}/{counts['valid']}/{counts['test']}")
+
+    tracking.configure()
+    experiment = tracking.experiment_id(cfg.tracking.experiment)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"train-{source.version}") as active:
+        run_id = active.info.run_id
+        lineage = {
+            "dataset_version": source.version,
+            "data_source": str(source.path),
+            "contract": contract.name,
+            "git_commit": tracking.git_commit(),
+        }
+        mlflow.set_tags(lineage)
+        params = xgb_params(cfg.train, cfg.train.cpus_per_worker)
+        mlflow.log_params({**params, "num_boost_round": cfg.train.num_boost_round,
+                           "num_workers": cfg.train.num_workers,
+                           "early_stopping_rounds": cfg.train.early_stopping_rounds})
+        mlflow.log_dict(report.to_dict(), "validation/report.json")
+
+        result = train(model_data["train"], model_data["valid"], names, cfg.train,
+                       home / "ray_results", f"train-{source.version}-{run_id[:8]}")
+        scored = score(model_data["test"], result.booster, names)
+        metrics = classification_metrics(scored[features.LABEL].to_numpy(), scored[PROBA].to_numpy())
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        mlflow.log_metrics({k: v for k, v in result.metrics.items() if k != "rounds"})
+        mlflow.log_metric("rounds", result.metrics["rounds"])
+        step(f"[train] MLflow run {run_id}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+        sample_rows = read_snapshot(snapshot).limit(2).to_pandas()
+        _log_artifacts(result.booster, fs, cfg, to_records(sample_rows, contract))
+        example = model_data["test"].limit(5).to_pandas()[names]
+        info = registry.log_model(result.booster, fs, example)
+
+    name = cfg.tracking.model_name
+    version = registry.register(info.model_uri, name, tags={**lineage, "run_id": run_id})
+    verdict = minimal_gate(metrics, thresholds(cfg.gates, name))
+    if verdict.passed:
+        registry.set_alias(name, registry.PRODUCTION, version.version)
+    step(f"[registry] {name} version {version.version}: gate "
+        f"{'passed' if verdict.passed else 'FAILED'} ({'; '.join(verdict.reasons)})"
+        + (f"; alias {registry.PRODUCTION!r} -> version {version.version}" if verdict.passed else ""))
+    return PipelineResult(source.version, report.rows, run_id, metrics, name, str(version.version),
+                          verdict.passed, verdict.reasons)
+
+
+def sample_request(model_name: str, alias: str = registry.PRODUCTION) -> dict:
+    """The sample request logged with the run of the model behind an alias."""
+    version = registry.version_for(model_name, alias)
+    run_id = version.run_id or version.tags["run_id"]
+    with tempfile.TemporaryDirectory() as d:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SAMPLE_REQUEST, dst_path=d)
+        return json.loads(Path(path).read_text())
+

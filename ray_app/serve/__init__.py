@@ -1,0 +1,1 @@
+"""Ray Serve: the model deployment, the HTTP ingress and the app builder."""

@@ -1,0 +1,72 @@
+"""HTTP request and response schemas, generated from the data contract.
+
+The request model has one field per input column of the contract, with its real type, range
+and allowed values, so FastAPI rejects bad input with a 422 naming the field and `/docs`
+shows the true schema instead of a free-form dict.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ray_app.data.contract import ColumnSpec, Contract
+
+MAX_INSTANCES = 10_000
+_PY_TYPES: dict[str, Any] = {
+    "integer": int,
+    "float": float,
+    "string": str,
+    "date": dt.date,
+    "boolean": bool,
+}
+
+
+def _field(name: str, spec: ColumnSpec) -> tuple[Any, Any]:
+    kind: Any = Literal[tuple(spec.allowed)] if spec.allowed else _PY_TYPES.get(spec.type, str)
+    bounds = {"ge": spec.min, "le": spec.max} if spec.type in ("integer", "float", "date") else {}
+    if spec.type == "float":
+        bounds["allow_inf_nan"] = False
+    if spec.nullable:
+        return (kind | None, Field(None, alias=name, **bounds))
+    return (kind, Field(..., alias=name, **bounds))
+
+
+def request_models(contract: Contract) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(Instance, PredictRequest) pydantic models for a contract's input columns."""
+    fields = {f"f{i}": _field(name, contract.columns[name]) for i, name in enumerate(contract.input_columns)}
+    instance = create_model(
+        "Instance",
+        __config__=ConfigDict(extra="forbid", populate_by_name=False),
+        **fields,
+    )
+    request = create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        instances=(list[instance], Field(..., min_length=1, max_length=MAX_INSTANCES)),
+    )
+    return instance, request
+
+
+class Prediction(BaseModel):
+    probability: float = Field(description="probability of the positive label")
+    label: Any = Field(description="predicted label value at the serving threshold")
+
+
+class PredictResponse(BaseModel):
+    model_name: str
+    model_version: str
+    predictions: list[Prediction]
+
+
+def to_records(df: pd.DataFrame, contract: Contract) -> list[dict[str, Any]]:
+    """Rows of a typed frame as JSON-ready request instances (dates as YYYY-MM-DD)."""
+    out = df[contract.input_columns].copy()
+    for name in contract.input_columns:
+        if contract.columns[name].type == "date":
+            out[name] = out[name].dt.strftime("%Y-%m-%d")
+    out = out.astype(object).where(out.notna(), None)
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in out.to_dict("records")]
