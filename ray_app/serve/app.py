@@ -35,7 +35,10 @@ def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each bad field as `instances[i].column`, with what was expected."""
     errors = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"] if p != "body")
+        if err["type"] == "json_invalid":
+            where = "body"  # the location is a character offset, not a field
+        else:
+            where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
         errors.append({"field": where, "error": err["msg"], "input": _short(err.get("input"))})
     summary = "; ".join(f"{e['field']}: {e['error']}" for e in errors[:10])
     return JSONResponse(status_code=422, content={"detail": summary, "errors": errors[:50]})

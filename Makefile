@@ -1,0 +1,75 @@
+# ray_app: `make run` (pipeline to a served model) and `make test` on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+PYTHON    ?= python3
+DASHBOARD := http://127.0.0.1:8265
+SERVE_URL := http://127.0.0.1:8000
+
+# Local state (data snapshots, MLflow store, Ray Train results) lives under .rayapp/.
+export RAYAPP_HOME         ?= $(CURDIR)/.rayapp
+export MLFLOW_TRACKING_URI ?= sqlite:///$(RAYAPP_HOME)/mlflow.db
+export GX_ANALYTICS_ENABLED = false
+export DO_NOT_TRACK         = 1
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = false
+
+# The local cluster uses Ray token auth; client CLIs need the mode set to send the token.
+CLUSTER_ENV := RAY_AUTH_MODE=token
+
+.PHONY: help install run cluster pipeline deploy test bench lint stop mlflow-ui
+
+help:
+	@echo "make run    - install, start a local Ray cluster, run the pipeline, serve the model"
+	@echo "make test   - install and run the test suite"
+	@echo "make stop   - stop the local Ray cluster"
+	@echo "make bench  - run the benchmarks (bench/RESULTS.md)"
+	@echo "make mlflow-ui - MLflow UI on http://127.0.0.1:5000"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e ".[dev]"
+	@touch $@
+
+cluster: install
+	@mkdir -p $(RAYAPP_HOME)
+	@if $(CLUSTER_ENV) $(BIN)/ray status >/dev/null 2>&1; then \
+	  echo "[cluster] using the running Ray cluster (dashboard $(DASHBOARD))"; \
+	else \
+	  $(CLUSTER_ENV) $(BIN)/ray get-auth-token --generate >/dev/null && \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" $(CLUSTER_ENV) $(BIN)/ray start --head --node-ip-address 127.0.0.1 \
+	    --dashboard-host 127.0.0.1 --dashboard-port 8265 --disable-usage-stats >/dev/null && \
+	  echo "[cluster] started a local Ray head; dashboard $(DASHBOARD)"; \
+	fi
+
+pipeline: cluster
+	$(CLUSTER_ENV) $(BIN)/ray job submit --address $(DASHBOARD) --working-dir . \
+	  --runtime-env-json '{"env_vars": {"RAYAPP_GIT_COMMIT": "'"$$(git rev-parse HEAD 2>/dev/null || echo unknown)"'"}}' \
+	  -- python jobs/pipeline.py --config configs/pipeline.yaml $(if $(DATA),--data $(DATA))
+
+deploy: cluster
+	$(CLUSTER_ENV) $(BIN)/serve deploy serve_config.yaml --address $(DASHBOARD)
+	$(BIN)/rayapp predict --sample --wait 180 --url $(SERVE_URL)
+	@echo "[serve] production model at $(SERVE_URL)/predict (docs: $(SERVE_URL)/docs)"
+	@echo "[ui] Ray dashboard: $(DASHBOARD)   MLflow UI: make mlflow-ui, then http://127.0.0.1:5000"
+
+run: pipeline deploy
+
+test: install
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/train_bench.py
+
+lint: install
+	$(BIN)/ruff check ray_app jobs tests bench
+
+stop:
+	@if [ -x $(BIN)/ray ]; then $(BIN)/ray stop; fi
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
