@@ -124,6 +124,8 @@ def validate(ds: ray.data.Dataset, contract: Contract, source: Source, batch_siz
         batch_format="pandas",
         batch_size=batch_size,
     ).to_pandas()
+    if parts.empty:  # no data rows at all: no batch produced any result
+        parts = pd.DataFrame([_row(ROW_COUNT, "", 0, [], rows=0)])
     rows = int(parts.loc[parts.expectation == ROW_COUNT, "rows"].sum())
     checks = parts[parts.expectation != ROW_COUNT]
     failures = []
@@ -134,5 +136,7 @@ def validate(ds: ray.data.Dataset, contract: Contract, source: Source, batch_siz
             failures.append(Failure(expectation, column, bad, examples[:MAX_EXAMPLES]))
     checked = [f"{e.expectation_type}({getattr(e, 'column', '')})" for e in contract.expectations()]
     if rows == 0:
-        failures.append(Failure("expect_table_row_count_to_be_between", "", 0, ["0 rows"]))
+        failures.append(
+            Failure("expect_table_row_count_to_be_between", "", 0, ["no data rows, at least 1 expected"])
+        )
     return ValidationReport(str(source.path), source.version, rows, checked, failures)

@@ -1,0 +1,62 @@
+"""Shared fixtures: one local Ray instance per session, a temporary MLflow/SQLite store and
+data home, the churn contract and built-in data files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Point every store at a temporary folder before anything imports Ray or MLflow."""
+    home = tmp_path_factory.mktemp("rayapp_home")
+    os.environ.update(
+        {
+            "RAYAPP_HOME": str(home),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+            "RAY_AUTH_MODE": "disabled",
+            "GX_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+        }
+    )
+    return home
+
+
+@pytest.fixture(scope="session")
+def ray_session(isolated_env: Path):
+    """A fresh local Ray instance (never a cluster someone else started)."""
+    import ray
+
+    from ray_app.runtime import init_ray
+
+    init_ray("local", num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def contract():
+    from ray_app.data.contract import load_contract
+
+    return load_contract(ROOT / "configs" / "contract.yaml")
+
+
+@pytest.fixture(scope="session")
+def churn_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ray_app.data import synth
+
+    return synth.write(tmp_path_factory.mktemp("data") / "churn.csv", rows=5_000, seed=7)
+
+
+@pytest.fixture(scope="session")
+def pipeline_config():
+    from ray_app.config import load_pipeline_config
+
+    return load_pipeline_config(ROOT / "configs" / "pipeline.yaml")

@@ -1,0 +1,119 @@
+"""Ingest and validation over Ray Data batches: good data passes, bad data is named and counted."""
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ray_app.data import synth
+from ray_app.data.ingest import DataError, dataset_version, inspect_source, read_raw
+from ray_app.data.snapshot import META_FILE, read_snapshot, write_snapshot
+from ray_app.data.validate import validate
+
+
+def _validate(path, contract, batch_size=2_000):
+    source = inspect_source(path, contract)
+    return source, validate(read_raw(source, contract), contract, source, batch_size)
+
+
+def test_good_data_passes_every_check(ray_session, contract, churn_csv):
+    source, report = _validate(churn_csv, contract)
+    assert report.success, report.failures
+    assert report.rows == 5_000
+    assert report.version == source.version == dataset_version(churn_csv)
+    assert len(report.checked) == len(contract.expectations())
+
+
+def test_bad_rows_are_counted_per_expectation_across_batches(ray_session, contract, tmp_path):
+    corruption = synth.Corruption(
+        nulls={"age": 0.1}, negative_amounts=0.05, numbers_as_strings={"purchase_frequency": 0.03}
+    )
+    path = synth.write(tmp_path / "bad.csv", 6_000, seed=4, corruption=corruption)
+    truth = pd.read_csv(path, dtype=str, keep_default_na=False)
+    _, report = _validate(path, contract)
+    found = {(f.expectation, f.column): f for f in report.failures}
+
+    assert found[("expect_column_values_to_not_be_null", "age")].bad_rows == (truth.age == "").sum()
+    negative = (pd.to_numeric(truth.monthly_charge) < 0).sum()
+    assert found[("expect_column_values_to_be_between", "monthly_charge")].bad_rows == negative
+    as_text = truth.purchase_frequency.str.endswith(" USD")
+    unparsed = found[("expect_column_values_to_parse_as_float", "purchase_frequency")]
+    assert unparsed.bad_rows == as_text.sum()
+    assert all(e.endswith(" USD") for e in unparsed.examples)
+
+    with pytest.raises(DataError) as err:
+        report.raise_for_failures()
+    message = str(err.value)
+    assert str(path) in message and "'age'" in message and f"{negative} bad rows" in message
+
+
+@pytest.mark.parametrize(
+    "pair, failing",
+    [
+        (("plan", "region"), {("expect_column_values_to_be_in_set", "plan"),
+                              ("expect_column_values_to_be_in_set", "region")}),
+        (("monthly_charge", "age"), {("expect_column_values_to_parse_as_integer", "age")}),
+    ],
+)
+def test_swapped_columns_are_caught(ray_session, contract, tmp_path, pair, failing):
+    swapped = synth.Corruption(swap_columns=pair)
+    path = synth.write(tmp_path / "swapped.csv", 2_000, seed=2, corruption=swapped)
+    _, report = _validate(path, contract)
+    assert {(f.expectation, f.column) for f in report.failures} >= failing
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty"),
+        (b"\xff\xfe\x00garbage", "not UTF-8"),
+        (b"customer_id;signup_date;last_login\n1;2;3\n", "delimiter"),
+    ],
+)
+def test_unreadable_files_are_named(contract, tmp_path, content, message):
+    path = tmp_path / "input.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as err:
+        inspect_source(path, contract)
+    assert str(path) in str(err.value)
+
+
+def test_missing_and_unknown_columns_are_listed(contract, churn_csv, tmp_path):
+    frame = pd.read_csv(churn_csv).drop(columns=["age"]).assign(shoe_size=42)
+    path = tmp_path / "columns.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"missing columns \['age'\] and unknown columns \['shoe_size'\]"):
+        inspect_source(path, contract)
+
+
+def test_header_only_file_fails_row_count(ray_session, contract, churn_csv, tmp_path):
+    path = tmp_path / "header.csv"
+    path.write_text(churn_csv.read_text().splitlines()[0] + "\n")
+    _, report = _validate(path, contract)
+    assert not report.success
+    assert report.failures[0].expectation == "expect_table_row_count_to_be_between"
+
+
+def test_parquet_input_and_immutable_snapshot(ray_session, contract, tmp_path):
+    path = synth.write(tmp_path / "churn.parquet", 3_000, seed=8)
+    source, report = _validate(path, contract)
+    assert report.success and source.fmt == "parquet"
+    store = tmp_path / "store"
+    snap = write_snapshot(read_raw(source, contract), contract, source, report.rows, store)
+    assert snap == store / source.version
+    assert sorted(p.name for p in store.iterdir()) == [source.version]  # no temp folder left
+    assert read_snapshot(snap).count() == 3_000
+    schema = pq.read_schema(next(snap.glob("*.parquet")))
+    assert schema.field("signup_date").type == pa.timestamp("ns")
+    assert schema.field("age").type == pa.int64()
+    assert schema.field("plan").type == pa.string()
+    stamp = (snap / META_FILE).stat().st_mtime_ns
+    assert write_snapshot(read_raw(source, contract), contract, source, report.rows, store) == snap
+    assert (snap / META_FILE).stat().st_mtime_ns == stamp  # reused, not rewritten
+
+
+def test_version_follows_content(tmp_path):
+    a = synth.write(tmp_path / "a.csv", 1_000, seed=1)
+    b = synth.write(tmp_path / "b.csv", 1_000, seed=1)
+    c = synth.write(tmp_path / "c.csv", 1_000, seed=2)
+    assert dataset_version(a) == dataset_version(b) != dataset_version(c)
