@@ -1,0 +1,50 @@
+"""The request schema is the contract's: real fields, types, ranges and allowed values."""
+
+import pytest
+from pydantic import ValidationError
+
+from ray_app.serve.schema import MAX_INSTANCES, request_models
+
+GOOD = {
+    "signup_date": "2020-01-01", "last_login": "2026-06-01", "monthly_charge": 49.9,
+    "total_purchases": 12, "days_since_last_login": 29, "purchase_frequency": 0.5,
+    "support_tickets": 1, "plan": "basic", "region": "north", "age": 40,
+}
+
+
+@pytest.fixture(scope="module")
+def request_model(contract):
+    return request_models(contract)[1]
+
+
+def test_a_good_request_parses(request_model):
+    parsed = request_model.model_validate({"instances": [GOOD]})
+    assert parsed.instances[0].model_dump(by_alias=True)["plan"] == "basic"
+
+
+@pytest.mark.parametrize(
+    "instances, field",
+    [
+        ([], "instances"),
+        ([{**GOOD, "plan": "gold"}], "plan"),
+        ([{**GOOD, "age": "old"}], "age"),
+        ([{**GOOD, "age": 7}], "age"),
+        ([{**GOOD, "monthly_charge": float("nan")}], "monthly_charge"),
+        ([{**GOOD, "last_login": "yesterday"}], "last_login"),
+        ([{k: v for k, v in GOOD.items() if k != "region"}], "region"),
+        ([{**GOOD, "shoe_size": 42}], "shoe_size"),
+        ([GOOD] * (MAX_INSTANCES + 1), "instances"),
+    ],
+)
+def test_bad_requests_name_the_field(request_model, instances, field):
+    with pytest.raises(ValidationError) as err:
+        request_model.model_validate({"instances": instances})
+    assert field in {str(p) for e in err.value.errors() for p in e["loc"]}
+
+
+def test_openapi_schema_shows_contract_types(request_model, contract):
+    instance = request_model.model_json_schema()["$defs"]["Instance"]
+    assert set(instance["properties"]) == set(contract.input_columns)
+    assert instance["properties"]["plan"]["enum"] == ["basic", "standard", "premium"]
+    assert instance["properties"]["age"]["minimum"] == 18
+    assert "gender" not in instance["properties"]
