@@ -60,10 +60,11 @@ deploy: cluster
 run: pipeline deploy
 
 test: install
+	$(BIN)/ruff check ray_app jobs tests bench
 	$(BIN)/pytest
 
 bench: install
-	$(BIN)/python bench/train_bench.py
+	$(BIN)/python -m bench.train_bench
 
 lint: install
 	$(BIN)/ruff check ray_app jobs tests bench

@@ -7,15 +7,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import requests
 import typer
 
 from ray_app.pipeline import PipelineResult
 
-app = typer.Typer(help="ray_app: validated, tracked, gated XGBoost models on one Ray cluster.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="ray_app: validated, tracked, gated XGBoost models on one Ray cluster.",
+    no_args_is_help=True,
+)
 data_app = typer.Typer(help="Datasets: the built-in churn table.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -24,8 +26,10 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def print_result(result: PipelineResult) -> None:
     status = "serving candidate" if result.promoted else "NOT promoted"
-    print(f"[done] dataset {result.dataset_version} ({result.rows} rows) -> run {result.run_id} "
-          f"-> {result.model_name} v{result.model_version}: {status}")
+    print(
+        f"[done] dataset {result.dataset_version} ({result.rows} rows) -> run {result.run_id} "
+        f"-> {result.model_name} v{result.model_version}: {status}"
+    )
 
 
 def _pairs(values: list[str], what: str) -> dict[str, float]:
@@ -41,9 +45,9 @@ def _pairs(values: list[str], what: str) -> dict[str, float]:
 @app.command()
 def pipeline(
     config: Annotated[Path, typer.Option(help="pipeline config")] = Path("configs/pipeline.yaml"),
-    data: Annotated[Optional[Path], typer.Option(help="CSV/Parquet (default: built-in)")] = None,
-    contract: Annotated[Optional[Path], typer.Option(help="contract (default: config's)")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray address (default: local)")] = None,
+    data: Annotated[Path | None, typer.Option(help="CSV/Parquet (default: built-in)")] = None,
+    contract: Annotated[Path | None, typer.Option(help="contract (default: config's)")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray address (default: local)")] = None,
 ) -> None:
     """Validate, snapshot, featurise, train, track, register and gate in one run."""
     from ray_app.config import load_pipeline_config
@@ -68,18 +72,19 @@ def synth_command(
     rows: Annotated[int, typer.Option(min=1_000, max=10_000_000)] = 20_000,
     seed: int = 42,
     shift: Annotated[list[str], typer.Option(help="drift: COLUMN=DELTA")] = [],  # noqa: B006
-    churn_rate: Annotated[Optional[float], typer.Option(help="drift: class balance")] = None,
+    churn_rate: Annotated[float | None, typer.Option(help="drift: class balance")] = None,
     nulls: Annotated[list[str], typer.Option(help="corruption: COLUMN=FRACTION")] = [],  # noqa: B006
     negative_amounts: float = 0.0,
     future_dates: float = 0.0,
     numbers_as_strings: Annotated[list[str], typer.Option(help="COLUMN=FRACTION")] = [],  # noqa: B006
-    swap: Annotated[Optional[str], typer.Option(help="corruption: swap two columns A,B")] = None,
+    swap: Annotated[str | None, typer.Option(help="corruption: swap two columns A,B")] = None,
 ) -> None:
     """Write the built-in customer-churn table, optionally drifted or corrupted."""
     from ray_app.data import synth
 
-    drift = synth.Drift(shift=_pairs(shift, "--shift"),
-                        churn_rate=churn_rate or synth.DEFAULT_CHURN_RATE)
+    drift = synth.Drift(
+        shift=_pairs(shift, "--shift"), churn_rate=churn_rate or synth.DEFAULT_CHURN_RATE
+    )
     corruption = synth.Corruption(
         nulls=_pairs(nulls, "--nulls"),
         negative_amounts=negative_amounts,
@@ -101,14 +106,15 @@ def _wait_ready(url: str, timeout_s: float) -> None:
         except (requests.ConnectionError, requests.Timeout):
             pass
         if time.monotonic() > deadline:
-            raise typer.BadParameter(f"no healthy service at {url} after {timeout_s:.0f}s "
-                                     "(see `serve status`)")
+            raise typer.BadParameter(
+                f"no healthy service at {url} after {timeout_s:.0f}s (see `serve status`)"
+            )
         time.sleep(1)
 
 
 @app.command()
 def predict(
-    file: Annotated[Optional[Path], typer.Option(help='JSON file {"instances": [...]}')] = None,
+    file: Annotated[Path | None, typer.Option(help='JSON file {"instances": [...]}')] = None,
     sample: Annotated[bool, typer.Option(help="send the production model's logged sample")] = False,
     url: str = DEFAULT_URL,
     model_name: str = "churn_model",

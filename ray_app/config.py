@@ -68,7 +68,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     with path.open() as f:
         loaded = yaml.safe_load(f) or {}
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        raise ValueError(
+            f"{path}: expected a mapping at the top level, got {type(loaded).__name__}"
+        )
     return loaded
 
 

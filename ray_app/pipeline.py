@@ -59,7 +59,9 @@ def _log_artifacts(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ax = xgb.plot_importance(booster, importance_type="gain", max_num_features=20, show_values=False)
+    ax = xgb.plot_importance(
+        booster, importance_type="gain", max_num_features=20, show_values=False
+    )
     ax.set_title("feature importance (gain)")
     mlflow.log_figure(ax.figure, "feature_importance.png")
     plt.close(ax.figure)
@@ -88,19 +90,27 @@ def run(
     source = inspect_source(data, contract)
     report = validate(read_raw(source, contract), contract, source, cfg.data.batch_size)
     report.raise_for_failures()
-    step(f"[validate] {report.rows} rows of {source.path.name} passed {len(report.checked)} checks "
-        f"of contract {contract.name!r}; dataset version {source.version}")
+    step(
+        f"[validate] {report.rows} rows of {source.path.name} passed {len(report.checked)} checks "
+        f"of contract {contract.name!r}; dataset version {source.version}"
+    )
 
-    snapshot = write_snapshot(read_raw(source, contract), contract, source, report.rows, home / "data")
+    snapshot = write_snapshot(
+        read_raw(source, contract), contract, source, report.rows, home / "data"
+    )
     step(f"[snapshot] typed Parquet snapshot at {snapshot}")
 
-    splits = split_dataset(read_snapshot(snapshot).materialize(), contract.id_column, cfg.data.split)
+    splits = split_dataset(
+        read_snapshot(snapshot).materialize(), contract.id_column, cfg.data.split
+    )
     fs = features.fit(splits["train"], contract)
     names = fs.feature_names
     model_data = {k: features.transform_dataset(v, fs).materialize() for k, v in splits.items()}
     counts = {k: v.count() for k, v in model_data.items()}
-    step(f"[features] {len(names)} features fitted on train; rows train/valid/test = "
-        f"{counts['train']}/{counts['valid']}/{counts['test']}")
+    step(
+        f"[features] {len(names)} features fitted on train; rows train/valid/test = "
+        f"{counts['train']}/{counts['valid']}/{counts['test']}"
+    )
 
     tracking.configure()
     experiment = tracking.experiment_id(cfg.tracking.experiment)
@@ -114,19 +124,34 @@ def run(
         }
         mlflow.set_tags(lineage)
         params = xgb_params(cfg.train, cfg.train.cpus_per_worker)
-        mlflow.log_params({**params, "num_boost_round": cfg.train.num_boost_round,
-                           "num_workers": cfg.train.num_workers,
-                           "early_stopping_rounds": cfg.train.early_stopping_rounds})
+        mlflow.log_params(
+            {
+                **params,
+                "num_boost_round": cfg.train.num_boost_round,
+                "num_workers": cfg.train.num_workers,
+                "early_stopping_rounds": cfg.train.early_stopping_rounds,
+            }
+        )
         mlflow.log_dict(report.to_dict(), "validation/report.json")
 
-        result = train(model_data["train"], model_data["valid"], names, cfg.train,
-                       home / "ray_results", f"train-{source.version}-{run_id[:8]}")
+        result = train(
+            model_data["train"],
+            model_data["valid"],
+            names,
+            cfg.train,
+            home / "ray_results",
+            f"train-{source.version}-{run_id[:8]}",
+        )
         scored = score(model_data["test"], result.booster, names)
-        metrics = classification_metrics(scored[features.LABEL].to_numpy(), scored[PROBA].to_numpy())
+        metrics = classification_metrics(
+            scored[features.LABEL].to_numpy(), scored[PROBA].to_numpy()
+        )
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         mlflow.log_metrics({k: v for k, v in result.metrics.items() if k != "rounds"})
         mlflow.log_metric("rounds", result.metrics["rounds"])
-        step(f"[train] MLflow run {run_id}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        step(
+            f"[train] MLflow run {run_id}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        )
 
         sample_rows = read_snapshot(snapshot).limit(2).to_pandas()
         _log_artifacts(result.booster, fs, cfg, to_records(sample_rows, contract))
@@ -138,11 +163,25 @@ def run(
     verdict = minimal_gate(metrics, thresholds(cfg.gates, name))
     if verdict.passed:
         registry.set_alias(name, registry.PRODUCTION, version.version)
-    step(f"[registry] {name} version {version.version}: gate "
+    step(
+        f"[registry] {name} version {version.version}: gate "
         f"{'passed' if verdict.passed else 'FAILED'} ({'; '.join(verdict.reasons)})"
-        + (f"; alias {registry.PRODUCTION!r} -> version {version.version}" if verdict.passed else ""))
-    return PipelineResult(source.version, report.rows, run_id, metrics, name, str(version.version),
-                          verdict.passed, verdict.reasons)
+        + (
+            f"; alias {registry.PRODUCTION!r} -> version {version.version}"
+            if verdict.passed
+            else ""
+        )
+    )
+    return PipelineResult(
+        source.version,
+        report.rows,
+        run_id,
+        metrics,
+        name,
+        str(version.version),
+        verdict.passed,
+        verdict.reasons,
+    )
 
 
 def sample_request(model_name: str, alias: str = registry.PRODUCTION) -> dict:
@@ -150,6 +189,7 @@ def sample_request(model_name: str, alias: str = registry.PRODUCTION) -> dict:
     version = registry.version_for(model_name, alias)
     run_id = version.run_id or version.tags["run_id"]
     with tempfile.TemporaryDirectory() as d:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SAMPLE_REQUEST, dst_path=d)
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=SAMPLE_REQUEST, dst_path=d
+        )
         return json.loads(Path(path).read_text())
-

@@ -53,7 +53,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     if config.get("early_stopping_rounds"):
         booster = booster[: booster.best_iteration + 1]
-    metrics = {f"{VALID}_{m}": float(v[booster.num_boosted_rounds() - 1]) for m, v in history[VALID].items()}
+    metrics = {
+        f"{VALID}_{m}": float(v[booster.num_boosted_rounds() - 1])
+        for m, v in history[VALID].items()
+    }
     metrics["rounds"] = booster.num_boosted_rounds()
     if ray.train.get_context().get_world_rank() == 0:
         with tempfile.TemporaryDirectory() as d:
@@ -91,6 +94,11 @@ def build_trainer(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker},
+        ),
+        # One worker reads whole datasets directly; splitting only pays off across workers
+        # (it starts a coordinator actor, seconds on a small machine).
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=list(datasets) if cfg.num_workers > 1 else []
         ),
         run_config=ray.train.RunConfig(
             name=name,

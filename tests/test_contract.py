@@ -38,7 +38,12 @@ def _base() -> dict:
         "name": "t",
         "columns": {
             "x": {"type": "float", "roles": ["feature"]},
-            "y": {"type": "category", "allowed": ["Yes", "No"], "roles": ["label"], "positive": "Yes"},
+            "y": {
+                "type": "category",
+                "allowed": ["Yes", "No"],
+                "roles": ["label"],
+                "positive": "Yes",
+            },
         },
     }
 
@@ -51,7 +56,9 @@ def _base() -> dict:
         (lambda c: c["columns"]["y"].update(positive="Maybe"), "not in allowed"),
         (lambda c: c["columns"]["x"].update(type="decimal"), "columns.x.type"),
         (
-            lambda c: c.update(derived=[{"name": "d", "op": "days_between", "start": "x", "end": "x"}]),
+            lambda c: c.update(
+                derived=[{"name": "d", "op": "days_between", "start": "x", "end": "x"}]
+            ),
             "must be a date column",
         ),
     ],

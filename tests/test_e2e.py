@@ -1,4 +1,4 @@
-"""End to end on a local Ray instance: built-in data → pipeline → MLflow → registry → Serve → HTTP."""
+"""End to end on a local Ray: built-in data, pipeline, MLflow, registry, Serve, HTTP."""
 
 import socket
 import subprocess
@@ -54,19 +54,32 @@ def test_mlflow_run_records_lineage_and_artifacts(result):
     run = client.get_run(result.run_id)
     assert run.data.tags["dataset_version"] == result.dataset_version
     assert len(run.data.tags["git_commit"]) >= 7
-    assert {"test_roc_auc", "test_f1", "test_precision", "test_recall", "test_accuracy",
-            "test_logloss"} <= set(run.data.metrics)
+    assert {
+        "test_roc_auc",
+        "test_f1",
+        "test_precision",
+        "test_recall",
+        "test_accuracy",
+        "test_logloss",
+    } <= set(run.data.metrics)
     assert run.data.params["max_depth"] == "6"
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"feature_importance.png", "preprocessor", "config", "validation",
-            pipeline.SAMPLE_REQUEST} <= artifacts
+    assert {
+        "feature_importance.png",
+        "preprocessor",
+        "config",
+        "validation",
+        pipeline.SAMPLE_REQUEST,
+    } <= artifacts
 
     version = registry.version_for(result.model_name)
     assert str(version.version) == result.model_version
     assert version.tags["dataset_version"] == result.dataset_version
     loaded = registry.load(result.model_name)
     assert loaded.features.feature_names == loaded.booster.feature_names
-    model_files = mlflow.artifacts.download_artifacts(f"models:/{result.model_name}/{version.version}")
+    model_files = mlflow.artifacts.download_artifacts(
+        f"models:/{result.model_name}/{version.version}"
+    )
     assert (Path(model_files) / "model.ubj").is_file()
 
 
@@ -94,8 +107,12 @@ def test_bad_requests_get_422_naming_the_field_and_service_keeps_serving(result,
         response = requests.post(f"{service}/predict", json=body, timeout=30)
         assert response.status_code == 422, response.text
         assert field in response.json()["detail"]
-    malformed = requests.post(f"{service}/predict", data="{not json",
-                              headers={"content-type": "application/json"}, timeout=30)
+    malformed = requests.post(
+        f"{service}/predict",
+        data="{not json",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert malformed.status_code == 422 and "body" in malformed.json()["detail"]
     assert requests.get(f"{service}/healthz", timeout=10).json() == {"status": "ok"}
 
@@ -110,22 +127,29 @@ def test_openapi_docs_show_the_contract(service):
 def test_cli_predict_prints_the_answer(result, service):
     out = CliRunner().invoke(cli, ["predict", "--sample", "--url", service])
     assert out.exit_code == 0, out.output
-    assert '"model_version": "%s"' % result.model_version in out.output
+    assert f'"model_version": "{result.model_version}"' in out.output
 
 
 def test_cli_pipeline_stops_on_bad_data_without_training(ray_session, pipeline_config, tmp_path):
-    bad = synth.write(tmp_path / "bad.csv", 2_000, seed=3,
-                      corruption=synth.Corruption(negative_amounts=0.1))
+    bad = synth.write(
+        tmp_path / "bad.csv", 2_000, seed=3, corruption=synth.Corruption(negative_amounts=0.1)
+    )
     tracking.configure()
     runs_before = len(mlflow.search_runs(search_all_experiments=True))
-    out = CliRunner().invoke(cli, ["pipeline", "--config", str(ROOT / "configs/pipeline.yaml"),
-                                   "--data", str(bad)])
+    out = CliRunner().invoke(
+        cli, ["pipeline", "--config", str(ROOT / "configs/pipeline.yaml"), "--data", str(bad)]
+    )
     assert out.exit_code == 2
     assert "monthly_charge" in out.output and str(bad) in out.output
     assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before
 
 
 def test_job_entry_point_parses_its_arguments():
-    out = subprocess.run([sys.executable, "jobs/pipeline.py", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "jobs/pipeline.py", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "--data" in out.stdout and "--config" in out.stdout

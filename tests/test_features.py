@@ -30,8 +30,10 @@ def fitted(snapshot, contract):
 
 def test_fit_learns_vocabularies_from_train(fitted, contract):
     _, fs = fitted
-    assert fs.categorical == {"plan": ["basic", "premium", "standard"],
-                              "region": ["east", "north", "south", "west"]}
+    assert fs.categorical == {
+        "plan": ["basic", "premium", "standard"],
+        "region": ["east", "north", "south", "west"],
+    }
     assert fs.feature_names == [*fs.numeric, "plan", "region", "tenure_days"]
     assert "gender" not in fs.feature_names and contract.label_column not in fs.feature_names
     assert features.FeatureSet.from_json(fs.to_json()) == fs
@@ -40,9 +42,13 @@ def test_fit_learns_vocabularies_from_train(fitted, contract):
 def test_transform_encodes_unknowns_and_nulls_as_missing(fitted):
     _, fs = fitted
     rows = pd.DataFrame(
-        {**{n: [1.0, None] for n in fs.numeric}, "plan": ["premium", "platinum"],
-         "region": [None, "west"], "signup_date": ["2024-01-01", "2024-01-01"],
-         "last_login": ["2024-03-01", None]}
+        {
+            **{n: [1.0, None] for n in fs.numeric},
+            "plan": ["premium", "platinum"],
+            "region": [None, "west"],
+            "signup_date": ["2024-01-01", "2024-01-01"],
+            "last_login": ["2024-03-01", None],
+        }
     )
     out = features.transform(rows, fs)
     assert list(out.columns) == fs.feature_names and (out.dtypes == np.float32).all()
@@ -84,5 +90,5 @@ def test_split_is_deterministic_disjoint_and_near_its_fractions(snapshot, contra
     again = pd.Series(assign(shuffled, contract.id_column, SplitConfig()), index=shuffled.index)
     assert (again.sort_index().to_numpy() == first).all()  # depends on the id, not the position
     shares = pd.Series(first).value_counts(normalize=True)
-    for name, expected in zip(SPLITS, (0.7, 0.15, 0.15)):
+    for name, expected in zip(SPLITS, (0.7, 0.15, 0.15), strict=False):
         assert shares[name] == pytest.approx(expected, abs=0.03)

@@ -22,5 +22,8 @@ def test_metrics_are_the_named_set():
     import numpy as np
 
     m = classification_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]))
-    assert m[ROC_AUC] == 0.75 and m["accuracy"] == 0.5 and set(m) == {
-        "roc_auc", "f1", "precision", "recall", "accuracy", "logloss"}
+    assert (
+        m[ROC_AUC] == 0.75
+        and m["accuracy"] == 0.5
+        and set(m) == {"roc_auc", "f1", "precision", "recall", "accuracy", "logloss"}
+    )

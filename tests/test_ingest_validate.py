@@ -50,8 +50,13 @@ def test_bad_rows_are_counted_per_expectation_across_batches(ray_session, contra
 @pytest.mark.parametrize(
     "pair, failing",
     [
-        (("plan", "region"), {("expect_column_values_to_be_in_set", "plan"),
-                              ("expect_column_values_to_be_in_set", "region")}),
+        (
+            ("plan", "region"),
+            {
+                ("expect_column_values_to_be_in_set", "plan"),
+                ("expect_column_values_to_be_in_set", "region"),
+            },
+        ),
         (("monthly_charge", "age"), {("expect_column_values_to_parse_as_integer", "age")}),
     ],
 )
@@ -82,7 +87,9 @@ def test_missing_and_unknown_columns_are_listed(contract, churn_csv, tmp_path):
     frame = pd.read_csv(churn_csv).drop(columns=["age"]).assign(shoe_size=42)
     path = tmp_path / "columns.csv"
     frame.to_csv(path, index=False)
-    with pytest.raises(DataError, match=r"missing columns \['age'\] and unknown columns \['shoe_size'\]"):
+    with pytest.raises(
+        DataError, match=r"missing columns \['age'\] and unknown columns \['shoe_size'\]"
+    ):
         inspect_source(path, contract)
 
 

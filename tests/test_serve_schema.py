@@ -6,9 +6,16 @@ from pydantic import ValidationError
 from ray_app.serve.schema import MAX_INSTANCES, request_models
 
 GOOD = {
-    "signup_date": "2020-01-01", "last_login": "2026-06-01", "monthly_charge": 49.9,
-    "total_purchases": 12, "days_since_last_login": 29, "purchase_frequency": 0.5,
-    "support_tickets": 1, "plan": "basic", "region": "north", "age": 40,
+    "signup_date": "2020-01-01",
+    "last_login": "2026-06-01",
+    "monthly_charge": 49.9,
+    "total_purchases": 12,
+    "days_since_last_login": 29,
+    "purchase_frequency": 0.5,
+    "support_tickets": 1,
+    "plan": "basic",
+    "region": "north",
+    "age": 40,
 }
 
 

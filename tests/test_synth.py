@@ -58,7 +58,9 @@ def test_a_model_learns_the_label_but_not_perfectly():
 
 def test_drift_knobs_shift_features_and_class_balance():
     base = next(synth.generate(20_000, seed=5))
-    drifted = next(synth.generate(20_000, seed=5, drift=synth.Drift(shift={"age": 10}, churn_rate=0.5)))
+    drifted = next(
+        synth.generate(20_000, seed=5, drift=synth.Drift(shift={"age": 10}, churn_rate=0.5))
+    )
     assert drifted.age.mean() == pytest.approx(base.age.mean() + 10)
     assert base.churned.mean() < 0.3 < 0.45 < drifted.churned.mean()
     with pytest.raises(ValueError, match="unknown numeric column"):

@@ -20,12 +20,21 @@ def _frame(n: int, seed: int) -> pd.DataFrame:
 
 
 def test_two_workers_train_one_booster_saved_as_ubj(ray_session, tmp_path):
-    cfg = TrainConfig(num_workers=2, cpus_per_worker=1, num_boost_round=15,
-                      early_stopping_rounds=None,
-                      params={"objective": "binary:logistic", "eval_metric": ["logloss", "auc"],
-                              "max_depth": 3})
-    result = train(ray.data.from_pandas(_frame(4_000, 1)), ray.data.from_pandas(_frame(1_000, 2)),
-                   ["a", "b", "c"], cfg, tmp_path, "two-workers")
+    cfg = TrainConfig(
+        num_workers=2,
+        cpus_per_worker=1,
+        num_boost_round=15,
+        early_stopping_rounds=None,
+        params={"objective": "binary:logistic", "eval_metric": ["logloss", "auc"], "max_depth": 3},
+    )
+    result = train(
+        ray.data.from_pandas(_frame(4_000, 1)),
+        ray.data.from_pandas(_frame(1_000, 2)),
+        ["a", "b", "c"],
+        cfg,
+        tmp_path,
+        "two-workers",
+    )
     assert result.booster.num_boosted_rounds() == 15
     assert result.booster.feature_names == ["a", "b", "c"]
     assert result.metrics["valid_auc"] > 0.75 and result.metrics["rounds"] == 15

@@ -70,7 +70,9 @@ def _format(path: Path) -> str:
 def _header(path: Path, fmt: str) -> list[str]:
     if fmt == "parquet":
         try:
-            return list(pq.read_schema(path if path.is_file() else next(path.glob("*.parquet"))).names)
+            return list(
+                pq.read_schema(path if path.is_file() else next(path.glob("*.parquet"))).names
+            )
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     try:

@@ -23,7 +23,9 @@ def assign(batch: pd.DataFrame, id_column: str | None, split: SplitConfig) -> np
     )
 
 
-def _take(batch: pd.DataFrame, name: str, id_column: str | None, split: SplitConfig) -> pd.DataFrame:
+def _take(
+    batch: pd.DataFrame, name: str, id_column: str | None, split: SplitConfig
+) -> pd.DataFrame:
     return batch[assign(batch, id_column, split) == name]
 
 

@@ -84,7 +84,9 @@ def _features(rng: np.random.Generator, n: int, shift: dict[str, float]) -> pd.D
     )
     for column, delta in shift.items():
         if column not in NUMERIC_COLUMNS:
-            raise ValueError(f"drift shift: unknown numeric column {column!r}; use {NUMERIC_COLUMNS}")
+            raise ValueError(
+                f"drift shift: unknown numeric column {column!r}; use {NUMERIC_COLUMNS}"
+            )
         df[column] = (df[column] + delta).astype(df[column].dtype)
     return df
 

@@ -115,7 +115,9 @@ def validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def validate(ds: ray.data.Dataset, contract: Contract, source: Source, batch_size: int) -> ValidationReport:
+def validate(
+    ds: ray.data.Dataset, contract: Contract, source: Source, batch_size: int
+) -> ValidationReport:
     """Run the contract over every batch of `ds` and aggregate the results on the driver."""
     contract_json = contract.model_dump_json()
     parts = ds.map_batches(
@@ -137,6 +139,8 @@ def validate(ds: ray.data.Dataset, contract: Contract, source: Source, batch_siz
     checked = [f"{e.expectation_type}({getattr(e, 'column', '')})" for e in contract.expectations()]
     if rows == 0:
         failures.append(
-            Failure("expect_table_row_count_to_be_between", "", 0, ["no data rows, at least 1 expected"])
+            Failure(
+                "expect_table_row_count_to_be_between", "", 0, ["no data rows, at least 1 expected"]
+            )
         )
     return ValidationReport(str(source.path), source.version, rows, checked, failures)

@@ -51,7 +51,8 @@ class ModelServer:
             "model_name": self.model.name,
             "model_version": self.model.version,
             "predictions": [
-                {"probability": float(p), "label": _plain(lbl)} for p, lbl in zip(proba, labels)
+                {"probability": float(p), "label": _plain(label)}
+                for p, label in zip(proba, labels, strict=True)
             ],
         }
 

@@ -37,7 +37,10 @@ def _field(name: str, spec: ColumnSpec) -> tuple[Any, Any]:
 
 def request_models(contract: Contract) -> tuple[type[BaseModel], type[BaseModel]]:
     """(Instance, PredictRequest) pydantic models for a contract's input columns."""
-    fields = {f"f{i}": _field(name, contract.columns[name]) for i, name in enumerate(contract.input_columns)}
+    fields = {
+        f"f{i}": _field(name, contract.columns[name])
+        for i, name in enumerate(contract.input_columns)
+    }
     instance = create_model(
         "Instance",
         __config__=ConfigDict(extra="forbid", populate_by_name=False),
@@ -69,4 +72,7 @@ def to_records(df: pd.DataFrame, contract: Contract) -> list[dict[str, Any]]:
         if contract.columns[name].type == "date":
             out[name] = out[name].dt.strftime("%Y-%m-%d")
     out = out.astype(object).where(out.notna(), None)
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in out.to_dict("records")]
+    return [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        for row in out.to_dict("records")
+    ]
