@@ -156,7 +156,7 @@ def run(
         sample_rows = read_snapshot(snapshot).limit(2).to_pandas()
         _log_artifacts(result.booster, fs, cfg, to_records(sample_rows, contract))
         example = model_data["test"].limit(5).to_pandas()[names]
-        info = registry.log_model(result.booster, fs, example)
+        info = registry.log_model(result.booster, fs, example, lineage)
 
     name = cfg.tracking.model_name
     version = registry.register(info.model_uri, name, tags={**lineage, "run_id": run_id})

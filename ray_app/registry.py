@@ -34,8 +34,11 @@ class LoadedModel:
     features: FeatureSet
 
 
-def log_model(booster: xgb.Booster, fs: FeatureSet, example: pd.DataFrame) -> ModelInfo:
-    """Log the booster (UBJ) with its FeatureSet into the active run."""
+def log_model(
+    booster: xgb.Booster, fs: FeatureSet, example: pd.DataFrame, lineage: dict[str, str]
+) -> ModelInfo:
+    """Log the booster (UBJ) with its FeatureSet into the active run; `lineage` (dataset
+    version, git commit) goes into the MLmodel file's metadata."""
     with tempfile.TemporaryDirectory() as d:
         features_path = Path(d) / FEATURES_FILE
         features_path.write_text(fs.to_json())
@@ -44,6 +47,7 @@ def log_model(booster: xgb.Booster, fs: FeatureSet, example: pd.DataFrame) -> Mo
             name=MODEL_ARTIFACT,
             model_format="ubj",
             extra_files=[str(features_path)],
+            metadata=lineage,
             signature=infer_signature(example, booster.inplace_predict(example)),
             # Stated, not inferred: inference imports the whole environment and takes seconds.
             pip_requirements=[f"xgboost=={xgb.__version__}"],

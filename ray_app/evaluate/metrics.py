@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pandas as pd
 import ray.data
@@ -37,24 +39,23 @@ def classification_metrics(
     }
 
 
-class _Scorer:
-    """Ray Data UDF: loads the booster once per worker and scores batches."""
+@lru_cache(maxsize=2)
+def _booster(model: bytes) -> xgb.Booster:
+    """One deserialised booster per worker process and model."""
+    return xgb.Booster(model_file=bytearray(model))
 
-    def __init__(self, model: bytes, feature_names: list[str]):
-        self.booster = xgb.Booster(model_file=bytearray(model))
-        self.feature_names = feature_names
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        proba = self.booster.inplace_predict(batch[self.feature_names])
-        return pd.DataFrame({LABEL: batch[LABEL].to_numpy(), PROBA: proba})
+def _score_batch(batch: pd.DataFrame, model: bytes, feature_names: list[str]) -> pd.DataFrame:
+    proba = _booster(model).inplace_predict(batch[feature_names])
+    return pd.DataFrame({LABEL: batch[LABEL].to_numpy(), PROBA: proba})
 
 
 def score(ds: ray.data.Dataset, booster: xgb.Booster, feature_names: list[str]) -> pd.DataFrame:
-    """Labels and probabilities for a transformed dataset, scored in Ray Data tasks."""
+    """Labels and probabilities for a transformed dataset, scored in Ray Data tasks; only
+    these two columns come back to the driver."""
     model = bytes(booster.save_raw("ubj"))
     return ds.map_batches(
-        _Scorer,
-        fn_constructor_kwargs={"model": model, "feature_names": feature_names},
+        _score_batch,
+        fn_kwargs={"model": model, "feature_names": feature_names},
         batch_format="pandas",
-        concurrency=1,
     ).to_pandas()
