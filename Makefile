@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 cluster: install
 	@mkdir -p $(RAYAPP_HOME)
-	@if $(CLUSTER_ENV) $(BIN)/ray status >/dev/null 2>&1; then \
+	@if $(CLUSTER_ENV) $(BIN)/ray job list --address $(DASHBOARD) >/dev/null 2>&1; then \
 	  echo "[cluster] using the running Ray cluster (dashboard $(DASHBOARD))"; \
 	else \
 	  $(CLUSTER_ENV) $(BIN)/ray get-auth-token --generate >/dev/null && \

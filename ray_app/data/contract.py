@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +29,12 @@ class ColumnSpec(BaseModel):
 
     type: ColumnType
     nullable: bool = True
+    max_null_fraction: float | None = Field(None, ge=0, le=1)  # for nullable columns
     min: float | dt.date | None = None
-    max: float | dt.date | None = None
+    max: float | dt.date | Literal["today"] | None = None  # "today": no dates in the future
     allowed: list[Any] | None = None
+    pattern: str | None = None  # regular expression every value must match (text columns)
+    unique: bool = False
     roles: list[Role] = Field(default_factory=list)
     positive: Any = None  # the label's positive class value (label column only)
 
@@ -41,6 +45,10 @@ class ColumnSpec(BaseModel):
             "date",
         ):
             raise ValueError(f"min/max only apply to numeric and date columns, not {self.type}")
+        if self.max == "today" and self.type != "date":
+            raise ValueError("max: today only applies to date columns")
+        if self.pattern is not None and self.type not in ("string", "category"):
+            raise ValueError("pattern only applies to string and category columns")
         if self.type == "category" and not self.allowed:
             raise ValueError("a category column needs its `allowed` values")
         if self.type in ("category", "string"):
@@ -72,12 +80,43 @@ class DerivedSpec(BaseModel):
         return [self.start, self.end]
 
 
+class RowBounds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min: int = Field(1, ge=0)
+    max: int | None = None
+
+
+class Rule(BaseModel):
+    """A cross-column rule, e.g. `{column: last_login, op: ">=", other: signup_date}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    column: str
+    op: Literal[">=", ">", "<=", "<", "=="]
+    other: str
+
+    def __str__(self) -> str:
+        return f"{self.column} {self.op} {self.other}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One compiled expectation and the share of rows allowed to break it."""
+
+    expectation: gxe.Expectation
+    key: tuple[str, str]  # (expectation type, column or rule) as reported
+    max_fraction: float = 0.0
+
+
 class Contract(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
     columns: dict[str, ColumnSpec]
     derived: list[DerivedSpec] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+    rows: RowBounds = RowBounds()
 
     @model_validator(mode="after")
     def _roles(self) -> Contract:
@@ -89,6 +128,10 @@ class Contract(BaseModel):
                 raise ValueError(f"at most one column may have role `{role}`")
         if not self.feature_columns and not self.derived:
             raise ValueError("no column has role `feature` and nothing is derived")
+        for rule in self.rules:
+            for name in (rule.column, rule.other):
+                if name not in self.columns:
+                    raise ValueError(f"rule `{rule}`: unknown column `{name}`")
         for d in self.derived:
             for src in d.sources:
                 if src not in self.columns or self.columns[src].type != "date":
@@ -145,24 +188,63 @@ class Contract(BaseModel):
         needed = set(self.feature_columns) | {s for d in self.derived for s in d.sources}
         return [name for name in self.columns if name in needed]
 
-    def expectations(self) -> list[gxe.Expectation]:
-        """Compile the contract into Great Expectations expectations, one per rule."""
-        out: list[gxe.Expectation] = []
+    def checks(self) -> list[Check]:
+        """Compile the contract into Great Expectations expectations, one per rule. Tolerances
+        (`max_null_fraction`) are applied to totals over all batches, not per batch."""
+        out: list[Check] = []
+
+        def add(expectation: gxe.Expectation, max_fraction: float = 0.0) -> None:
+            key = check_key(expectation.expectation_type, expectation.configuration.kwargs)
+            out.append(Check(expectation, key, max_fraction))
+
         for name, spec in self.columns.items():
-            if not spec.nullable:
-                out.append(gxe.ExpectColumnValuesToNotBeNull(column=name))
+            if not spec.nullable or spec.max_null_fraction is not None:
+                tolerance = spec.max_null_fraction if spec.nullable else 0.0
+                add(gxe.ExpectColumnValuesToNotBeNull(column=name), tolerance or 0.0)
             if spec.min is not None or spec.max is not None:
-                out.append(
+                add(
                     gxe.ExpectColumnValuesToBeBetween(
                         column=name, min_value=_gx_bound(spec.min), max_value=_gx_bound(spec.max)
                     )
                 )
             if spec.allowed is not None:
-                out.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=spec.allowed))
+                add(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=spec.allowed))
+            if spec.pattern is not None:
+                add(gxe.ExpectColumnValuesToMatchRegex(column=name, regex=spec.pattern))
+        for rule in self.rules:
+            a, b = (
+                (rule.column, rule.other) if rule.op in (">=", ">") else (rule.other, rule.column)
+            )
+            if rule.op == "==":
+                add(gxe.ExpectColumnPairValuesToBeEqual(column_A=a, column_B=b))
+            else:
+                add(
+                    gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                        column_A=a, column_B=b, or_equal=rule.op in (">=", "<=")
+                    )
+                )
         return out
 
+    def expectations(self) -> list[gxe.Expectation]:
+        return [c.expectation for c in self.checks()]
 
-def _gx_bound(value: float | dt.date | None) -> Any:
+    @property
+    def unique_columns(self) -> list[str]:
+        """Columns whose values must be unique across the whole dataset (checked globally)."""
+        return [n for n, s in self.columns.items() if s.unique]
+
+
+def check_key(expectation_type: str, kwargs: dict[str, Any]) -> tuple[str, str]:
+    """How a check is named in reports: its type and its column (or `A,B` for pairs)."""
+    column = kwargs.get("column") or ",".join(
+        str(kwargs[k]) for k in ("column_A", "column_B") if kwargs.get(k)
+    )
+    return expectation_type, column or ""
+
+
+def _gx_bound(value: float | dt.date | str | None) -> Any:
+    if value == "today":
+        return dt.datetime.combine(dt.date.today(), dt.time.max)
     if isinstance(value, dt.date):
         return dt.datetime.combine(value, dt.time())
     return value

@@ -129,9 +129,10 @@ def _blank(raw: pd.Series) -> np.ndarray:
 def _parse(raw: pd.Series, kind: str) -> pd.Series:
     if kind in ("integer", "float"):
         values = pd.to_numeric(raw, errors="coerce").astype("float64")
+        finite = np.isfinite(values)  # infinity is a value no model or range check can use
         if kind == "integer":
-            values = values.where(np.isfinite(values) & (values == np.round(values)))
-        return values
+            finite &= values == np.round(values)
+        return values.where(finite)
     if kind == "date":
         return pd.to_datetime(raw, errors="coerce", format="ISO8601")
     if kind == "boolean":

@@ -14,9 +14,11 @@ from functools import lru_cache
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import ray.data
+import ray.exceptions
 
-from ray_app.data.contract import Contract
+from ray_app.data.contract import Contract, check_key
 from ray_app.data.ingest import DataError, Source, coerce
 
 MAX_EXAMPLES = 5
@@ -29,10 +31,13 @@ class Failure:
     column: str
     bad_rows: int
     examples: list[str] = field(default_factory=list)
+    allowed_rows: int = 0
 
     def __str__(self) -> str:
         shown = f", e.g. {self.examples}" if self.examples else ""
-        return f"{self.expectation} on column {self.column!r}: {self.bad_rows} bad rows{shown}"
+        allowed = f" (at most {self.allowed_rows} allowed)" if self.allowed_rows else ""
+        where = f" on column {self.column!r}" if self.column else ""
+        return f"{self.expectation}{where}: {self.bad_rows} bad rows{allowed}{shown}"
 
 
 @dataclass
@@ -106,8 +111,7 @@ def validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
             cfg = r.expectation_config
             out.append(
                 _row(
-                    cfg.type,
-                    cfg.kwargs.get("column", ""),
+                    *check_key(cfg.type, cfg.kwargs),
                     r.result.get("unexpected_count", 0 if r.success else 1) or 0,
                     r.result.get("partial_unexpected_list") or [],
                 )
@@ -115,32 +119,63 @@ def validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _run_batches(ds: ray.data.Dataset, contract: Contract, source: Source, batch_size: int):
+    try:
+        return ds.map_batches(
+            validate_batch,
+            fn_kwargs={"contract_json": contract.model_dump_json()},
+            batch_format="pandas",
+            batch_size=batch_size,
+        ).to_pandas()
+    except (ray.exceptions.RayTaskError, pa.ArrowInvalid, UnicodeDecodeError) as e:
+        cause = str(e).strip().splitlines()[-1]
+        raise DataError(f"{source.path}: could not be read as {source.fmt} ({cause})") from None
+
+
+def _duplicates(ds: ray.data.Dataset, column: str) -> Failure | None:
+    """Global uniqueness: a Ray Data group-by over the whole dataset, not per batch."""
+    counts = ds.select_columns([column]).groupby(column).count()
+    repeated = counts.map_batches(lambda b: b[b["count()"] > 1], batch_format="pandas").to_pandas()
+    if repeated.empty:
+        return None
+    examples = [str(v) for v in repeated[column].head(MAX_EXAMPLES)]
+    return Failure(
+        "expect_column_values_to_be_unique", column, int(repeated["count()"].sum()), examples
+    )
+
+
 def validate(
     ds: ray.data.Dataset, contract: Contract, source: Source, batch_size: int
 ) -> ValidationReport:
     """Run the contract over every batch of `ds` and aggregate the results on the driver."""
-    contract_json = contract.model_dump_json()
-    parts = ds.map_batches(
-        validate_batch,
-        fn_kwargs={"contract_json": contract_json},
-        batch_format="pandas",
-        batch_size=batch_size,
-    ).to_pandas()
+    parts = _run_batches(ds, contract, source, batch_size)
     if parts.empty:  # no data rows at all: no batch produced any result
         parts = pd.DataFrame([_row(ROW_COUNT, "", 0, [], rows=0)])
     rows = int(parts.loc[parts.expectation == ROW_COUNT, "rows"].sum())
-    checks = parts[parts.expectation != ROW_COUNT]
+    tolerance = {c.key: c.max_fraction for c in contract.checks()}
     failures = []
-    for (expectation, column), group in checks.groupby(["expectation", "column"], sort=False):
+    results = parts[parts.expectation != ROW_COUNT]
+    for key, group in results.groupby(["expectation", "column"], sort=False):
         bad = int(group.bad_rows.sum())
-        if bad:
+        allowed = int(tolerance.get(key, 0.0) * rows)
+        if bad > allowed:
             examples = [e for batch in group.examples for e in json.loads(batch)]
-            failures.append(Failure(expectation, column, bad, examples[:MAX_EXAMPLES]))
-    checked = [f"{e.expectation_type}({getattr(e, 'column', '')})" for e in contract.expectations()]
-    if rows == 0:
+            failures.append(Failure(*key, bad, examples[:MAX_EXAMPLES], allowed))
+    if rows:
+        for column in contract.unique_columns:
+            if found := _duplicates(ds, column):
+                failures.append(found)
+    bounds = contract.rows
+    if rows < bounds.min or (bounds.max is not None and rows > bounds.max):
+        expected = f"between {bounds.min} and {bounds.max}" if bounds.max else f">= {bounds.min}"
         failures.append(
             Failure(
-                "expect_table_row_count_to_be_between", "", 0, ["no data rows, at least 1 expected"]
+                "expect_table_row_count_to_be_between",
+                "",
+                rows,
+                [f"{rows} data rows, expected {expected}"],
             )
         )
+    checked = [f"{t}({c})" for t, c in tolerance]
+    checked += [f"expect_column_values_to_be_unique({c})" for c in contract.unique_columns]
     return ValidationReport(str(source.path), source.version, rows, checked, failures)

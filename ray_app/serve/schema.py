@@ -27,7 +27,8 @@ _PY_TYPES: dict[str, Any] = {
 
 def _field(name: str, spec: ColumnSpec) -> tuple[Any, Any]:
     kind: Any = Literal[tuple(spec.allowed)] if spec.allowed else _PY_TYPES.get(spec.type, str)
-    bounds = {"ge": spec.min, "le": spec.max} if spec.type in ("integer", "float", "date") else {}
+    upper = dt.date.today() if spec.max == "today" else spec.max  # as of replica start
+    bounds = {"ge": spec.min, "le": upper} if spec.type in ("integer", "float", "date") else {}
     if spec.type == "float":
         bounds["allow_inf_nan"] = False
     if spec.nullable:
