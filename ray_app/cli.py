@@ -20,12 +20,16 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: the built-in churn table.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+contract_app = typer.Typer(help="Data contracts.", no_args_is_help=True)
+app.add_typer(contract_app, name="contract")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def print_result(result: PipelineResult) -> None:
-    status = "serving candidate" if result.promoted else "NOT promoted"
+    status = (
+        "alias production" if result.promoted else "NOT promoted: " + "; ".join(result.gate_reasons)
+    )
     print(
         f"[done] dataset {result.dataset_version} ({result.rows} rows) -> run {result.run_id} "
         f"-> {result.model_name} v{result.model_version}: {status}"
@@ -42,14 +46,7 @@ def _pairs(values: list[str], what: str) -> dict[str, float]:
     return out
 
 
-@app.command()
-def pipeline(
-    config: Annotated[Path, typer.Option(help="pipeline config")] = Path("configs/pipeline.yaml"),
-    data: Annotated[Path | None, typer.Option(help="CSV/Parquet (default: built-in)")] = None,
-    contract: Annotated[Path | None, typer.Option(help="contract (default: config's)")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray address (default: local)")] = None,
-) -> None:
-    """Validate, snapshot, featurise, train, track, register and gate in one run."""
+def _run_pipeline(config: Path, address: str | None, **kwargs) -> None:
     from ray_app.config import load_pipeline_config
     from ray_app.data.ingest import DataError
     from ray_app.pipeline import run
@@ -58,12 +55,73 @@ def pipeline(
     cfg = load_pipeline_config(config)
     init_ray(address)
     try:
-        result = run(cfg, data=data, contract_path=contract)
+        result = run(cfg, **kwargs)
     except DataError as e:
         typer.echo(f"pipeline stopped: {e}", err=True)
         raise typer.Exit(2) from None
     print_result(result)
     raise typer.Exit(0 if result.promoted else 1)
+
+
+ConfigOption = Annotated[Path, typer.Option(help="pipeline config")]
+AddressOption = Annotated[str | None, typer.Option(help="Ray address (default: local)")]
+ContractOption = Annotated[Path | None, typer.Option(help="contract (default: config's)")]
+
+
+@app.command()
+def pipeline(
+    config: ConfigOption = Path("configs/pipeline.yaml"),
+    data: Annotated[Path | None, typer.Option(help="CSV/Parquet (default: config's)")] = None,
+    contract: ContractOption = None,
+    address: AddressOption = None,
+) -> None:
+    """Validate, snapshot, featurise, train, track, register and gate in one run."""
+    _run_pipeline(config, address, data=data, contract_path=contract)
+
+
+@app.command()
+def train(
+    data_version: Annotated[str, typer.Option(help="snapshot to train on (rayapp data versions)")],
+    config: ConfigOption = Path("configs/pipeline.yaml"),
+    contract: ContractOption = None,
+    address: AddressOption = None,
+) -> None:
+    """Train again on an existing data version: same version, config and seed, same model."""
+    _run_pipeline(config, address, data_version=data_version, contract_path=contract)
+
+
+@contract_app.command("infer")
+def contract_infer(
+    data: Annotated[Path, typer.Option(help="a trusted CSV/Parquet sample")],
+    label: Annotated[str, typer.Option(help="the label column")],
+    out: Annotated[Path, typer.Option(help="where to write the draft")] = Path("contract.yaml"),
+    name: Annotated[str | None, typer.Option(help="contract name")] = None,
+    rows: Annotated[int, typer.Option(help="rows to sample")] = 100_000,
+) -> None:
+    """Draft a data contract from a trusted sample, for a person to edit."""
+    from ray_app.data.contract import load_contract
+    from ray_app.data.infer import infer, write_draft
+
+    draft, sampled = infer(data, label, name, rows)
+    write_draft(draft, out, data, sampled)
+    contract = load_contract(out)  # the draft must at least be a valid contract
+    typer.echo(
+        f"wrote {out}: {len(contract.columns)} columns, label {contract.label_column!r}, "
+        f"id {contract.id_column!r}, features {contract.feature_columns}"
+    )
+
+
+@data_app.command("versions")
+def data_versions() -> None:
+    """List validated data snapshots: version, rows, contract, source, when."""
+    from ray_app.config import rayapp_home
+    from ray_app.data.snapshot import list_snapshots
+
+    snaps = list_snapshots(rayapp_home() / "data")
+    if not snaps:
+        typer.echo(f"no snapshots in {rayapp_home() / 'data'}")
+    for s in snaps:
+        typer.echo(f"{s.version}  {s.rows:>10,} rows  {s.contract:<14} {s.created}  {s.source}")
 
 
 @data_app.command("synth")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -32,10 +32,15 @@ class SplitConfig(_Strict):
 
 
 class DataConfig(_Strict):
+    path: Path | None = None  # input table; None means the built-in dataset
     synth_rows: int = Field(20_000, ge=1_000, le=10_000_000)
     seed: int = 42
     split: SplitConfig = SplitConfig()
     batch_size: int = Field(50_000, ge=1)
+    # fail: any broken rule stops the run. quarantine: rows breaking row-level rules are set
+    # aside with their reasons, and the run goes on if they are at most max_bad_fraction.
+    policy: Literal["fail", "quarantine"] = "fail"
+    max_bad_fraction: float = Field(0.01, ge=0, le=1)
 
 
 class TrainConfig(_Strict):
@@ -82,6 +87,9 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     for key in ("contract", "gates"):
         if key in raw and not Path(raw[key]).is_absolute():
             raw[key] = str(root / raw[key])
+    data_path = raw.get("data", {}).get("path")
+    if data_path and not Path(data_path).is_absolute():
+        raw["data"]["path"] = str((root / data_path).resolve())
     return PipelineConfig.model_validate(raw)
 
 

@@ -19,10 +19,12 @@ import xgboost as xgb
 
 from ray_app import features, registry, tracking
 from ray_app.config import PipelineConfig, rayapp_home
+from ray_app.data import report as validation_report
 from ray_app.data import synth
 from ray_app.data.contract import Contract, load_contract
 from ray_app.data.ingest import inspect_source, read_raw
-from ray_app.data.snapshot import read_snapshot, write_snapshot
+from ray_app.data.quarantine import quarantine
+from ray_app.data.snapshot import Snapshot, find_snapshot, read_snapshot, write_snapshot
 from ray_app.data.split import split_dataset
 from ray_app.data.validate import validate
 from ray_app.evaluate.gate import minimal_gate, thresholds
@@ -70,36 +72,73 @@ def _log_artifacts(
     mlflow.log_dict({"instances": sample}, SAMPLE_REQUEST)
 
 
+class _Steps:
+    """Reports each step with the seconds it took."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.started = log, time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        self.log(f"{message} ({time.perf_counter() - self.started:.1f}s)")
+        self.started = time.perf_counter()
+
+
+def ingest(cfg: PipelineConfig, contract: Contract, data: Path, step: _Steps) -> Snapshot:
+    """Validate a source against its contract and snapshot it; bad data stops here."""
+    home = rayapp_home()
+    source = inspect_source(data, contract)
+    report = validate(read_raw(source, contract), contract, source, cfg.data.batch_size)
+    quarantined = 0
+    if not report.success:
+        page = validation_report.write(report, home / "reports" / source.version)
+        if not (cfg.data.policy == "quarantine" and report.quarantinable):
+            report.raise_for_failures(f"full report: {page}")
+        folder, quarantined = quarantine(
+            read_raw(source, contract),
+            contract,
+            source,
+            report.rows,
+            cfg.data.max_bad_fraction,
+            home / "quarantine",
+        )
+        step(f"[quarantine] {quarantined} of {report.rows} rows set aside with reasons in {folder}")
+    step(
+        f"[validate] {report.rows - quarantined} rows of {source.path.name} passed "
+        f"{len(report.checked)} checks of contract {contract.name!r}; "
+        f"dataset version {source.version}"
+    )
+    snap = write_snapshot(
+        read_raw(source, contract), contract, source, report, home / "data", quarantined
+    )
+    step(f"[snapshot] typed Parquet snapshot at {snap.path}")
+    return snap
+
+
 def run(
     cfg: PipelineConfig,
     data: str | Path | None = None,
     contract_path: str | Path | None = None,
+    data_version: str | None = None,
     log: Callable[[str], None] = print,
 ) -> PipelineResult:
-    started = time.perf_counter()
-
-    def step(message: str) -> None:
-        nonlocal started
-        log(f"{message} ({time.perf_counter() - started:.1f}s)")
-        started = time.perf_counter()
-
+    """The whole flow; with `data_version`, train again on an existing snapshot instead."""
+    step = _Steps(log)
     contract: Contract = load_contract(contract_path or cfg.contract)
+    if data_version:
+        snap = find_snapshot(rayapp_home() / "data", data_version, contract)
+        step(f"[snapshot] reusing data version {snap.version} ({snap.rows} rows of {snap.source})")
+    else:
+        path = data or cfg.data.path or builtin_dataset(cfg.data.synth_rows, cfg.data.seed)
+        snap = ingest(cfg, contract, Path(path), step)
+    return train_and_register(cfg, contract, snap, step)
+
+
+def train_and_register(
+    cfg: PipelineConfig, contract: Contract, snap: Snapshot, step: _Steps
+) -> PipelineResult:
+    """Features, training, evaluation, tracking and the minimal gate for one snapshot."""
     home = rayapp_home()
-    data = Path(data) if data else builtin_dataset(cfg.data.synth_rows, cfg.data.seed)
-
-    source = inspect_source(data, contract)
-    report = validate(read_raw(source, contract), contract, source, cfg.data.batch_size)
-    report.raise_for_failures()
-    step(
-        f"[validate] {report.rows} rows of {source.path.name} passed {len(report.checked)} checks "
-        f"of contract {contract.name!r}; dataset version {source.version}"
-    )
-
-    snapshot = write_snapshot(
-        read_raw(source, contract), contract, source, report.rows, home / "data"
-    )
-    step(f"[snapshot] typed Parquet snapshot at {snapshot}")
-
+    snapshot = snap.path
     splits = split_dataset(
         read_snapshot(snapshot).materialize(), contract.id_column, cfg.data.split
     )
@@ -114,11 +153,11 @@ def run(
 
     tracking.configure()
     experiment = tracking.experiment_id(cfg.tracking.experiment)
-    with mlflow.start_run(experiment_id=experiment, run_name=f"train-{source.version}") as active:
+    with mlflow.start_run(experiment_id=experiment, run_name=f"train-{snap.version}") as active:
         run_id = active.info.run_id
         lineage = {
-            "dataset_version": source.version,
-            "data_source": str(source.path),
+            "dataset_version": snap.version,
+            "data_source": snap.source,
             "contract": contract.name,
             "git_commit": tracking.git_commit(),
         }
@@ -132,7 +171,8 @@ def run(
                 "early_stopping_rounds": cfg.train.early_stopping_rounds,
             }
         )
-        mlflow.log_dict(report.to_dict(), "validation/report.json")
+        for name in (validation_report.JSON_NAME, validation_report.HTML_NAME):
+            mlflow.log_artifact(str(snapshot / name), "validation")
 
         result = train(
             model_data["train"],
@@ -140,7 +180,7 @@ def run(
             names,
             cfg.train,
             home / "ray_results",
-            f"train-{source.version}-{run_id[:8]}",
+            f"train-{snap.version}-{run_id[:8]}",
         )
         scored = score(model_data["test"], result.booster, names)
         metrics = classification_metrics(
@@ -173,8 +213,8 @@ def run(
         )
     )
     return PipelineResult(
-        source.version,
-        report.rows,
+        snap.version,
+        snap.rows,
         run_id,
         metrics,
         name,

@@ -28,8 +28,13 @@ def test_contract_compiles_to_gx_expectations(contract):
         "ExpectColumnValuesToNotBeNull",
         "ExpectColumnValuesToBeBetween",
         "ExpectColumnValuesToBeInSet",
+        "ExpectColumnValuesToMatchRegex",
+        "ExpectColumnPairValuesAToBeGreaterThanB",
     }
-    between = [e for e in contract.expectations() if e.column == "monthly_charge"]
+    assert contract.unique_columns == ["customer_id"]
+    tolerances = {c.key: c.max_fraction for c in contract.checks()}
+    assert tolerances[("expect_column_values_to_not_be_null", "gender")] == 0.05
+    between = [e for e in contract.expectations() if getattr(e, "column", None) == "monthly_charge"]
     assert any(getattr(e, "min_value", None) == 0 for e in between)
 
 

@@ -141,7 +141,38 @@ def test_cli_pipeline_stops_on_bad_data_without_training(ray_session, pipeline_c
     )
     assert out.exit_code == 2
     assert "monthly_charge" in out.output and str(bad) in out.output
+    assert "validation.html" in out.output  # the full report was written for a person to read
     assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before
+
+
+def test_same_data_version_config_and_seed_give_identical_model_bytes(result):
+    out = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--data-version",
+            result.dataset_version,
+            "--config",
+            str(ROOT / "configs/pipeline.yaml"),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    tracking.configure()
+    name = result.model_name
+    again = registry.version_for(name)  # the retrained model took the alias
+    assert again.version != result.model_version
+    assert again.tags["dataset_version"] == result.dataset_version
+
+    def model_bytes(version: str) -> bytes:
+        local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}")
+        return (Path(local) / "model.ubj").read_bytes()
+
+    assert model_bytes(again.version) == model_bytes(result.model_version)
+
+
+def test_versions_lists_the_snapshot(result):
+    out = CliRunner().invoke(cli, ["data", "versions"])
+    assert out.exit_code == 0 and result.dataset_version in out.output and "20,000" in out.output
 
 
 def test_job_entry_point_parses_its_arguments():

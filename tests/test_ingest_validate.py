@@ -106,16 +106,17 @@ def test_parquet_input_and_immutable_snapshot(ray_session, contract, tmp_path):
     source, report = _validate(path, contract)
     assert report.success and source.fmt == "parquet"
     store = tmp_path / "store"
-    snap = write_snapshot(read_raw(source, contract), contract, source, report.rows, store)
+    snap = write_snapshot(read_raw(source, contract), contract, source, report, store)
     assert snap == store / source.version
     assert sorted(p.name for p in store.iterdir()) == [source.version]  # no temp folder left
     assert read_snapshot(snap).count() == 3_000
+    assert "passed" in (snap / "validation.html").read_text()
     schema = pq.read_schema(next(snap.glob("*.parquet")))
     assert schema.field("signup_date").type == pa.timestamp("ns")
     assert schema.field("age").type == pa.int64()
     assert schema.field("plan").type == pa.string()
     stamp = (snap / META_FILE).stat().st_mtime_ns
-    assert write_snapshot(read_raw(source, contract), contract, source, report.rows, store) == snap
+    assert write_snapshot(read_raw(source, contract), contract, source, report, store) == snap
     assert (snap / META_FILE).stat().st_mtime_ns == stamp  # reused, not rewritten
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray.data
@@ -23,6 +24,7 @@ from ray_app.data.ingest import DataError, Source, coerce
 
 MAX_EXAMPLES = 5
 ROW_COUNT = "row_count"
+UNIQUE = "expect_column_values_to_be_unique"
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Failure:
     bad_rows: int
     examples: list[str] = field(default_factory=list)
     allowed_rows: int = 0
+    row_level: bool = False  # a rule each bad row breaks on its own (can be quarantined)
 
     def __str__(self) -> str:
         shown = f", e.g. {self.examples}" if self.examples else ""
@@ -52,15 +55,21 @@ class ValidationReport:
     def success(self) -> bool:
         return not self.failures
 
+    @property
+    def quarantinable(self) -> bool:
+        """True when every failure is a row-level rule, so removing bad rows can fix the data."""
+        return all(f.row_level for f in self.failures)
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "success": self.success}
 
-    def raise_for_failures(self) -> None:
+    def raise_for_failures(self, note: str = "") -> None:
         if self.failures:
             lines = "\n".join(f"  - {f}" for f in self.failures)
             raise DataError(
                 f"{self.source}: validation failed ({len(self.failures)} of "
                 f"{len(self.checked)} checks, {self.rows} rows):\n{lines}"
+                + (f"\n{note}" if note else "")
             )
 
 
@@ -83,7 +92,9 @@ def _validator(contract_json: str) -> tuple[Any, Any]:
     return batch_definition, suite
 
 
-def _row(expectation: str, column: str, bad: int, examples: list[Any], rows: int = 0) -> dict:
+def _row(
+    expectation: str, column: str, bad: int, examples: list[Any], rows: int = 0, hashes: bytes = b""
+) -> dict:
     shown = [str(v) for v in examples[:MAX_EXAMPLES]]
     return {
         "expectation": expectation,
@@ -91,7 +102,38 @@ def _row(expectation: str, column: str, bad: int, examples: list[Any], rows: int
         "bad_rows": int(bad),
         "examples": json.dumps(shown),
         "rows": rows,
+        "hashes": hashes,
     }
+
+
+def _hashes(values: pd.Series) -> bytes:
+    """64-bit hashes of a batch's non-null values: 8 bytes a row on the driver, enough to find
+    duplicates across all batches without a shuffle."""
+    present = values.dropna()
+    return pd.util.hash_pandas_object(present, index=False).to_numpy(np.uint64).tobytes()
+
+
+def row_reasons(batch: pd.DataFrame, contract_json: str) -> tuple[pd.DataFrame, pd.Series]:
+    """The typed batch and, per row, why it breaks the contract ("" for a good row). Only
+    row-level rules count here; null-fraction tolerances, uniqueness and row counts are
+    properties of the whole dataset."""
+    contract = Contract.model_validate_json(contract_json)
+    typed, failures = coerce(batch, contract)
+    reasons = pd.Series("", index=typed.index, dtype=object)
+    for column, bad in failures.items():
+        reasons.loc[bad.index] += f"{column}: not a valid {contract.columns[column].type}; "
+    if len(typed):
+        tolerance = {c.key: c.max_fraction for c in contract.checks()}
+        batch_definition, suite = _validator(contract_json)
+        result = batch_definition.get_batch(batch_parameters={"dataframe": typed}).validate(
+            suite, result_format="COMPLETE"
+        )
+        for r in result.results:
+            key = check_key(r.expectation_config.type, r.expectation_config.kwargs)
+            if tolerance.get(key, 0.0) == 0.0 and not r.success:
+                rows = r.result.get("unexpected_index_list") or []
+                reasons.loc[rows] += f"{key[0]}({key[1]}); "
+    return typed, reasons.str.rstrip("; ")
 
 
 def validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
@@ -99,6 +141,8 @@ def validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
     contract = Contract.model_validate_json(contract_json)
     typed, failures = coerce(batch, contract)
     out = [_row(ROW_COUNT, "", 0, [], rows=len(batch))]
+    for column in contract.unique_columns:
+        out.append(_row(UNIQUE, column, 0, [], hashes=_hashes(typed[column])))
     for column, bad in failures.items():
         kind = contract.columns[column].type
         out.append(_row(f"expect_column_values_to_parse_as_{kind}", column, len(bad), list(bad)))
@@ -132,16 +176,26 @@ def _run_batches(ds: ray.data.Dataset, contract: Contract, source: Source, batch
         raise DataError(f"{source.path}: could not be read as {source.fmt} ({cause})") from None
 
 
-def _duplicates(ds: ray.data.Dataset, column: str) -> Failure | None:
-    """Global uniqueness: a Ray Data group-by over the whole dataset, not per batch."""
-    counts = ds.select_columns([column]).groupby(column).count()
-    repeated = counts.map_batches(lambda b: b[b["count()"] > 1], batch_format="pandas").to_pandas()
-    if repeated.empty:
+def _duplicates(
+    ds: ray.data.Dataset, contract: Contract, column: str, hashes: np.ndarray
+) -> Failure | None:
+    """Rows whose value in `column` occurs more than once; examples come from a second pass
+    over the data, taken only when duplicates exist."""
+    values, counts = np.unique(hashes, return_counts=True)
+    repeated = values[counts > 1]
+    if not len(repeated):
         return None
-    examples = [str(v) for v in repeated[column].head(MAX_EXAMPLES)]
-    return Failure(
-        "expect_column_values_to_be_unique", column, int(repeated["count()"].sum()), examples
-    )
+    wanted = set(repeated.tolist())
+
+    def pick(batch: pd.DataFrame) -> pd.DataFrame:
+        typed, _ = coerce(batch, contract)
+        present = typed[column].dropna()
+        h = pd.util.hash_pandas_object(present, index=False).to_numpy(np.uint64)
+        return pd.DataFrame({"value": present[[x in wanted for x in h.tolist()]].astype(str)})
+
+    examples = ds.map_batches(pick, batch_format="pandas").take(MAX_EXAMPLES * 4)
+    shown = list(dict.fromkeys(e["value"] for e in examples))[:MAX_EXAMPLES]
+    return Failure(UNIQUE, column, int(counts[counts > 1].sum()), shown)
 
 
 def validate(
@@ -154,17 +208,19 @@ def validate(
     rows = int(parts.loc[parts.expectation == ROW_COUNT, "rows"].sum())
     tolerance = {c.key: c.max_fraction for c in contract.checks()}
     failures = []
-    results = parts[parts.expectation != ROW_COUNT]
+    results = parts[~parts.expectation.isin([ROW_COUNT, UNIQUE])]
     for key, group in results.groupby(["expectation", "column"], sort=False):
         bad = int(group.bad_rows.sum())
         allowed = int(tolerance.get(key, 0.0) * rows)
         if bad > allowed:
             examples = [e for batch in group.examples for e in json.loads(batch)]
-            failures.append(Failure(*key, bad, examples[:MAX_EXAMPLES], allowed))
-    if rows:
-        for column in contract.unique_columns:
-            if found := _duplicates(ds, column):
-                failures.append(found)
+            row_level = tolerance.get(key, 0.0) == 0.0
+            failures.append(Failure(*key, bad, examples[:MAX_EXAMPLES], allowed, row_level))
+    for column in contract.unique_columns:
+        blobs = parts.loc[(parts.expectation == UNIQUE) & (parts.column == column), "hashes"]
+        hashes = np.frombuffer(b"".join(blobs), dtype=np.uint64)
+        if found := _duplicates(ds, contract, column, hashes):
+            failures.append(found)
     bounds = contract.rows
     if rows < bounds.min or (bounds.max is not None and rows > bounds.max):
         expected = f"between {bounds.min} and {bounds.max}" if bounds.max else f">= {bounds.min}"

@@ -1,0 +1,151 @@
+"""Validation at scale: ray_app's validation over Ray Data batches against Great Expectations on
+one in-memory pandas frame, same contract and expectations, at 1M and 10M built-in rows.
+
+Each side runs in its own child process so that the driver's peak memory (max RSS) of one
+does not hide the other's; both children run inside this one benchmark run. Throughput counts
+reading the CSV and checking every row. Goal at 10M rows: at least as fast as the single-frame
+baseline, with the driver's peak memory under 2 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness import Comparison, record
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTRACT = ROOT / "configs" / "contract.yaml"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_ray(path: Path) -> dict:
+    from ray_app.data.contract import load_contract
+    from ray_app.data.ingest import inspect_source, read_raw
+    from ray_app.data.validate import validate
+    from ray_app.runtime import init_ray
+
+    init_ray("local", num_cpus=2, include_dashboard=False)
+    contract = load_contract(CONTRACT)
+    source = inspect_source(path, contract)
+    start = time.perf_counter()
+    report = validate(read_raw(source, contract), contract, source, batch_size=100_000)
+    return {"seconds": time.perf_counter() - start, "rows": report.rows, "ok": report.success}
+
+
+def run_gx(path: Path) -> dict:
+    import great_expectations as gx
+    import pandas as pd
+
+    from ray_app.data.contract import load_contract
+    from ray_app.data.ingest import coerce
+
+    contract = load_contract(CONTRACT)
+    context = gx.get_context(mode="ephemeral")
+    batch = (
+        context.data_sources.add_pandas("p")
+        .add_dataframe_asset("a")
+        .add_batch_definition_whole_dataframe("w")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name="s"))
+    for expectation in contract.expectations():
+        suite.add_expectation(expectation)
+    start = time.perf_counter()
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    typed, _ = coerce(raw, contract)
+    result = batch.get_batch(batch_parameters={"dataframe": typed}).validate(suite)
+    unique = typed[contract.unique_columns].apply(lambda c: c.is_unique).all()
+    return {
+        "seconds": time.perf_counter() - start,
+        "rows": len(typed),
+        "ok": bool(result.success and unique),
+    }
+
+
+def child(mode: str, path: Path) -> None:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    out = (run_ray if mode == "ray" else run_gx)(path)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def measure(mode: str, path: Path) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.validate_bench", "--child", mode, "--path", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{mode} run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--child", choices=["ray", "gx"])
+    parser.add_argument("--path", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.path)
+        return
+    from ray_app.data import synth
+
+    table, figures = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rows in args.rows:
+            path = synth.write(Path(tmp) / f"churn-{rows}.csv", rows, seed=1)
+            base, work = measure("gx", path), measure("ray", path)
+            assert base["ok"] and work["ok"] and base["rows"] == work["rows"] == rows
+            figures[rows] = {"gx": base, "ray": work}
+            speedup = base["seconds"] / work["seconds"]
+            table += [
+                (
+                    f"{rows:,} rows: GX on one pandas frame",
+                    f"{rows / base['seconds']:,.0f} rows/s "
+                    f"({base['seconds']:.1f} s), driver peak {base['peak_rss_mb']:,.0f} MB",
+                ),
+                (
+                    f"{rows:,} rows: ray_app over Ray Data batches",
+                    f"{rows / work['seconds']:,.0f} rows/s "
+                    f"({work['seconds']:.1f} s), driver peak {work['peak_rss_mb']:,.0f} MB",
+                ),
+                (
+                    f"{rows:,} rows: **speed-up** (baseline time / ray_app time)",
+                    f"**{speedup:.2f}**",
+                ),
+            ]
+            path.unlink()
+    largest = max(figures)
+    c = Comparison(
+        "validate_vs_gx_pandas",
+        "ray_app validate (GX per Ray Data batch, 2 CPUs)",
+        "GX on one in-memory pandas frame",
+        [figures[largest]["ray"]["seconds"]],
+        [figures[largest]["gx"]["seconds"]],
+        extra={"figures": figures},
+    )
+    record(
+        c,
+        table,
+        notes="Both sides read the CSV, parse types per the contract and run the "
+        "same expectations; the goal is speed-up >= 1 at 10M rows with driver peak < 2 GB.",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Quarantine policy: few bad rows are set aside with reasons; too many stop the run."""
+
+import pandas as pd
+import pytest
+
+from ray_app import pipeline
+from ray_app.config import rayapp_home
+from ray_app.data import synth
+from ray_app.data.ingest import DataError
+from ray_app.data.quarantine import REASON
+from ray_app.data.snapshot import read_snapshot
+
+
+def _config(pipeline_config, fraction: float):
+    data = pipeline_config.data.model_copy(
+        update={"policy": "quarantine", "max_bad_fraction": fraction}
+    )
+    return pipeline_config.model_copy(update={"data": data})
+
+
+def test_few_bad_rows_are_quarantined_with_reasons(
+    ray_session, pipeline_config, contract, tmp_path
+):
+    corruption = synth.Corruption(negative_amounts=0.004, numbers_as_strings={"age": 0.003})
+    path = synth.write(tmp_path / "few_bad.csv", 4_000, seed=12, corruption=corruption)
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    expected_bad = int(
+        ((pd.to_numeric(raw.monthly_charge) < 0) | raw.age.str.endswith(" USD")).sum()
+    )
+    assert expected_bad > 10
+
+    snap = pipeline.ingest(_config(pipeline_config, 0.01), contract, path, lambda m: None)
+    assert snap.quarantined_rows == expected_bad and snap.rows == 4_000 - expected_bad
+    assert read_snapshot(snap.path).count() == snap.rows
+
+    held = pd.read_parquet(rayapp_home() / "quarantine" / snap.version)
+    assert len(held) == expected_bad
+    assert held[REASON].str.contains("monthly_charge|age").all()
+    assert (
+        held.loc[held.age.str.endswith(" USD"), REASON]
+        .str.contains("age: not a valid integer")
+        .all()
+    )
+    assert set(held.customer_id).isdisjoint(read_snapshot(snap.path).to_pandas().customer_id)
+
+
+def test_too_many_bad_rows_stop_and_leave_nothing(ray_session, pipeline_config, contract, tmp_path):
+    path = synth.write(
+        tmp_path / "many_bad.csv",
+        3_000,
+        seed=13,
+        corruption=synth.Corruption(negative_amounts=0.05),
+    )
+    with pytest.raises(DataError, match="more than the 1.00% the quarantine policy allows"):
+        pipeline.ingest(_config(pipeline_config, 0.01), contract, path, lambda m: None)
+    from ray_app.data.ingest import dataset_version
+
+    version = dataset_version(path)
+    assert not (rayapp_home() / "quarantine" / version).exists()
+    assert not (rayapp_home() / "data" / version).exists()
