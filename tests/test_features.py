@@ -21,7 +21,7 @@ def snapshot(ray_session, contract, churn_csv, tmp_path_factory):
     source = inspect_source(churn_csv, contract)
     store = tmp_path_factory.mktemp("store")
     report = validate(read_raw(source, contract), contract, source, 5_000)
-    return write_snapshot(read_raw(source, contract), contract, source, report, store)
+    return write_snapshot(read_raw(source, contract), contract, source, report, store).path
 
 
 @pytest.fixture(scope="module")
