@@ -100,14 +100,16 @@ def contract_infer(
 ) -> None:
     """Draft a data contract from a trusted sample, for a person to edit."""
     from ray_app.data.contract import load_contract
-    from ray_app.data.infer import infer, write_draft
+    from ray_app.data.infer import add_reference_profile, infer, write_draft
 
     draft, sampled = infer(data, label, name, rows)
     write_draft(draft, out, data, sampled)
+    profile = add_reference_profile(out, data, rows)
     contract = load_contract(out)  # the draft must at least be a valid contract
     typer.echo(
         f"wrote {out}: {len(contract.columns)} columns, label {contract.label_column!r}, "
-        f"id {contract.id_column!r}, features {contract.feature_columns}"
+        f"id {contract.id_column!r}, features {contract.feature_columns}; "
+        f"reference profile {profile}"
     )
 
 

@@ -37,6 +37,28 @@ def test_draft_from_builtin_data_roles_and_types(ray_session, tmp_path):
     assert validate(read_raw(source, contract), contract, source, 1_000).success
 
 
+def test_reference_profile_passes_same_distribution_and_catches_drift(ray_session, tmp_path):
+    trusted = synth.write(tmp_path / "trusted.csv", 20_000, seed=1)
+    contract = _draft(trusted, "churned", tmp_path / "contract.yaml")
+    assert contract.reference is not None and "age" in contract.reference.data["numeric"]
+
+    def check(path):
+        source = inspect_source(path, contract)
+        return validate(read_raw(source, contract), contract, source, 5_000)
+
+    fresh = synth.write(tmp_path / "fresh.csv", 20_000, seed=2)  # new rows, same process
+    assert check(fresh).success, check(fresh).failures
+
+    drift = synth.Drift(shift={"age": 8})
+    drifted = synth.write(tmp_path / "drifted.csv", 20_000, seed=3, drift=drift)
+    report = check(drifted)
+    found = {(f.expectation, f.column) for f in report.failures}
+    assert ("expect_mean_within_tolerance", "age") in found
+    assert ("expect_ks_same_distribution", "age") in found
+    assert all(column == "age" for _, column in found)
+    assert "reference" in str(report.failures[0]) or "KS" in str(report.failures[0])
+
+
 @pytest.mark.data
 @pytest.mark.skipif(not TELCO.is_file(), reason=f"reference data not found at {TELCO}")
 def test_draft_from_telco_passes_on_telco(ray_session, tmp_path):

@@ -8,6 +8,7 @@ sensitive or slices. `expectations()` compiles it into a Great Expectations suit
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
@@ -100,6 +101,25 @@ class Rule(BaseModel):
         return f"{self.column} {self.op} {self.other}"
 
 
+class ReferenceSpec(BaseModel):
+    """Statistical checks against the profile of a trusted dataset (`rayapp contract infer`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: Path  # JSON written by ray_app.data.profile; relative to the contract file
+    mean_tolerance: float = 0.2  # in reference standard deviations
+    quantile_tolerance: float = 0.3  # in reference standard deviations
+    ks_pvalue: float = 1e-3  # fail when the KS test's p-value is below this
+    chi2_pvalue: float = 1e-3
+    data: dict[str, Any] | None = None  # the loaded profile
+
+    def numeric_edges(self) -> dict[str, list[float]]:
+        return {c: s["edges"] for c, s in (self.data or {}).get("numeric", {}).items()}
+
+    def categorical(self) -> list[str]:
+        return list((self.data or {}).get("categorical", {}))
+
+
 @dataclass(frozen=True)
 class Check:
     """One compiled expectation and the share of rows allowed to break it."""
@@ -117,6 +137,7 @@ class Contract(BaseModel):
     derived: list[DerivedSpec] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     rows: RowBounds = RowBounds()
+    reference: ReferenceSpec | None = None
 
     @model_validator(mode="after")
     def _roles(self) -> Contract:
@@ -253,7 +274,15 @@ def _gx_bound(value: float | dt.date | str | None) -> Any:
 def load_contract(path: str | Path) -> Contract:
     """Load a contract YAML; errors name the file and the offending field."""
     try:
-        return Contract.model_validate(load_yaml(path))
+        contract = Contract.model_validate(load_yaml(path))
+        if contract.reference is not None and contract.reference.data is None:
+            profile = Path(path).parent / contract.reference.profile
+            if not profile.is_file():
+                raise ValueError(
+                    f"invalid data contract {path}: reference profile {profile} not found"
+                )
+            contract.reference.data = json.loads(profile.read_text())
+        return contract
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()

@@ -7,6 +7,7 @@ starting point: a person decides what is really allowed.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,12 @@ def _column(values: pd.Series, rows: int) -> dict[str, Any]:
     if len(present) and numbers.notna().all() and len(distinct) > 2:
         integral = (numbers == numbers.round()).all()
         spec["type"] = "integer" if integral else "float"
+        # Head-room beyond what the sample showed: half the observed span each way, and a
+        # column never seen negative stays non-negative.
         low, high = float(numbers.min()), float(numbers.max())
-        spec["min"] = int(low) if integral else math.floor(low)
-        spec["max"] = int(high) if integral else math.ceil(high)
+        margin = (high - low) / 2
+        spec["min"] = 0 if low >= 0 else math.floor(low - margin)
+        spec["max"] = math.ceil(high + margin)
     elif len(present) and dates.notna().all() and not numbers.notna().all():
         spec.update(type="date", min=str(dates.min().date()), max="today")
     elif len(distinct) <= MAX_CATEGORIES:
@@ -114,4 +118,23 @@ def write_draft(contract: dict, out: Path, source: Path, sampled: int) -> Path:
     )
     body = yaml.safe_dump(contract, sort_keys=False, width=120, default_flow_style=None)
     out.write_text(header + body)
+    return out
+
+
+def add_reference_profile(contract_path: Path, data: Path, rows: int) -> Path:
+    """Profile the sample's features with the drafted contract's types, write it beside the
+    contract, and point the contract's `reference` at it."""
+    from ray_app.data import profile
+    from ray_app.data.contract import load_contract
+    from ray_app.data.ingest import coerce
+
+    contract = load_contract(contract_path)
+    typed, _ = coerce(_sample(data, rows), contract)
+    kinds = {c: contract.columns[c].type for c in contract.feature_columns}
+    numeric = [c for c, t in kinds.items() if t in ("integer", "float")]
+    categorical = [c for c, t in kinds.items() if t in ("category", "string")]
+    out = contract_path.with_suffix(".profile.json")
+    out.write_text(json.dumps(profile.build(typed, numeric, categorical), indent=1))
+    with contract_path.open("a") as f:
+        f.write(f"reference:\n  profile: {out.name}   # statistics of the trusted sample\n")
     return out

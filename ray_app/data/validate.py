@@ -19,12 +19,14 @@ import pyarrow as pa
 import ray.data
 import ray.exceptions
 
+from ray_app.data import profile
 from ray_app.data.contract import Contract, check_key
 from ray_app.data.ingest import DataError, Source, coerce
 
 MAX_EXAMPLES = 5
 ROW_COUNT = "row_count"
 UNIQUE = "expect_column_values_to_be_unique"
+PROFILE = "reference_profile"
 
 
 @dataclass
@@ -37,6 +39,9 @@ class Failure:
     row_level: bool = False  # a rule each bad row breaks on its own (can be quarantined)
 
     def __str__(self) -> str:
+        if not self.bad_rows and self.examples:  # a dataset-level check: say what differs
+            where = f" on column {self.column!r}" if self.column else ""
+            return f"{self.expectation}{where}: {'; '.join(self.examples)}"
         shown = f", e.g. {self.examples}" if self.examples else ""
         allowed = f" (at most {self.allowed_rows} allowed)" if self.allowed_rows else ""
         where = f" on column {self.column!r}" if self.column else ""
@@ -141,6 +146,11 @@ def validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
     contract = Contract.model_validate_json(contract_json)
     typed, failures = coerce(batch, contract)
     out = [_row(ROW_COUNT, "", 0, [], rows=len(batch))]
+    if contract.reference is not None:
+        stats = profile.partial(
+            typed, contract.reference.numeric_edges(), contract.reference.categorical()
+        )
+        out.append({**_row(PROFILE, "", 0, []), "examples": json.dumps(stats)})
     for column in contract.unique_columns:
         out.append(_row(UNIQUE, column, 0, [], hashes=_hashes(typed[column])))
     for column, bad in failures.items():
@@ -208,7 +218,7 @@ def validate(
     rows = int(parts.loc[parts.expectation == ROW_COUNT, "rows"].sum())
     tolerance = {c.key: c.max_fraction for c in contract.checks()}
     failures = []
-    results = parts[~parts.expectation.isin([ROW_COUNT, UNIQUE])]
+    results = parts[~parts.expectation.isin([ROW_COUNT, UNIQUE, PROFILE])]
     for key, group in results.groupby(["expectation", "column"], sort=False):
         bad = int(group.bad_rows.sum())
         allowed = int(tolerance.get(key, 0.0) * rows)
@@ -232,6 +242,12 @@ def validate(
                 [f"{rows} data rows, expected {expected}"],
             )
         )
+    if contract.reference is not None and rows:
+        ref = contract.reference
+        stats = [json.loads(e) for e in parts.loc[parts.expectation == PROFILE, "examples"]]
+        current = profile.finish(profile.merge(stats), ref.numeric_edges())
+        for check, column, detail in profile.compare(ref.data, current, ref):
+            failures.append(Failure(f"expect_{check}", column, 0, [detail]))
     checked = [f"{t}({c})" for t, c in tolerance]
     checked += [f"expect_column_values_to_be_unique({c})" for c in contract.unique_columns]
     return ValidationReport(str(source.path), source.version, rows, checked, failures)
