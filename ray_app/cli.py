@@ -114,14 +114,19 @@ def contract_infer(
 
 
 @data_app.command("versions")
-def data_versions() -> None:
+def data_versions(
+    config: ConfigOption = Path("configs/pipeline.yaml"),
+    store: Annotated[str | None, typer.Option(help="store URI (default: config's)")] = None,
+) -> None:
     """List validated data snapshots: version, rows, contract, source, when."""
-    from ray_app.config import rayapp_home
+    from ray_app.config import load_pipeline_config
     from ray_app.data.snapshot import list_snapshots
+    from ray_app.data.store import open_store
 
-    snaps = list_snapshots(rayapp_home() / "data")
+    data_store = open_store(store or load_pipeline_config(config).data.store)
+    snaps = list_snapshots(data_store)
     if not snaps:
-        typer.echo(f"no snapshots in {rayapp_home() / 'data'}")
+        typer.echo(f"no snapshots in {data_store.uri}")
     for s in snaps:
         typer.echo(f"{s.version}  {s.rows:>10,} rows  {s.contract:<14} {s.created}  {s.source}")
 

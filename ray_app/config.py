@@ -41,6 +41,9 @@ class DataConfig(_Strict):
     # aside with their reasons, and the run goes on if they are at most max_bad_fraction.
     policy: Literal["fail", "quarantine"] = "fail"
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    # Snapshot store: a local folder or any pyarrow filesystem URI (s3://bucket/prefix?region=..);
+    # None means $RAYAPP_HOME/data.
+    store: str | None = None
 
 
 class TrainConfig(_Strict):
@@ -87,9 +90,11 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     for key in ("contract", "gates"):
         if key in raw and not Path(raw[key]).is_absolute():
             raw[key] = str(root / raw[key])
-    data_path = raw.get("data", {}).get("path")
-    if data_path and not Path(data_path).is_absolute():
-        raw["data"]["path"] = str((root / data_path).resolve())
+    data = raw.get("data", {})
+    for key in ("path", "store"):
+        value = data.get(key)
+        if value and "://" not in str(value) and not Path(value).is_absolute():
+            data[key] = str((root / value).resolve())
     return PipelineConfig.model_validate(raw)
 
 

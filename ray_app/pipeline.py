@@ -26,6 +26,7 @@ from ray_app.data.ingest import inspect_source, read_raw
 from ray_app.data.quarantine import quarantine
 from ray_app.data.snapshot import Snapshot, find_snapshot, read_snapshot, write_snapshot
 from ray_app.data.split import split_dataset
+from ray_app.data.store import open_store
 from ray_app.data.validate import validate
 from ray_app.evaluate.gate import minimal_gate, thresholds
 from ray_app.evaluate.metrics import PROBA, classification_metrics, score
@@ -107,10 +108,9 @@ def ingest(cfg: PipelineConfig, contract: Contract, data: Path, step: _Steps) ->
         f"{len(report.checked)} checks of contract {contract.name!r}; "
         f"dataset version {source.version}"
     )
-    snap = write_snapshot(
-        read_raw(source, contract), contract, source, report, home / "data", quarantined
-    )
-    step(f"[snapshot] typed Parquet snapshot at {snap.path}")
+    store = open_store(cfg.data.store)
+    snap = write_snapshot(read_raw(source, contract), contract, source, report, store, quarantined)
+    step(f"[snapshot] typed Parquet snapshot at {snap.url}")
     return snap
 
 
@@ -125,7 +125,7 @@ def run(
     step = _Steps(log)
     contract: Contract = load_contract(contract_path or cfg.contract)
     if data_version:
-        snap = find_snapshot(rayapp_home() / "data", data_version, contract)
+        snap = find_snapshot(open_store(cfg.data.store), data_version, contract)
         step(f"[snapshot] reusing data version {snap.version} ({snap.rows} rows of {snap.source})")
     else:
         path = data or cfg.data.path or builtin_dataset(cfg.data.synth_rows, cfg.data.seed)
@@ -138,10 +138,7 @@ def train_and_register(
 ) -> PipelineResult:
     """Features, training, evaluation, tracking and the minimal gate for one snapshot."""
     home = rayapp_home()
-    snapshot = snap.path
-    splits = split_dataset(
-        read_snapshot(snapshot).materialize(), contract.id_column, cfg.data.split
-    )
+    splits = split_dataset(read_snapshot(snap).materialize(), contract.id_column, cfg.data.split)
     fs = features.fit(splits["train"], contract)
     names = fs.feature_names
     model_data = {k: features.transform_dataset(v, fs).materialize() for k, v in splits.items()}
@@ -158,6 +155,7 @@ def train_and_register(
         lineage = {
             "dataset_version": snap.version,
             "data_source": snap.source,
+            "data_snapshot": snap.url,
             "contract": contract.name,
             "git_commit": tracking.git_commit(),
         }
@@ -172,7 +170,7 @@ def train_and_register(
             }
         )
         for name in (validation_report.JSON_NAME, validation_report.HTML_NAME):
-            mlflow.log_artifact(str(snapshot / name), "validation")
+            mlflow.log_text(snap.read_text(name), f"validation/{name}")
 
         result = train(
             model_data["train"],
@@ -193,7 +191,7 @@ def train_and_register(
             f"[train] MLflow run {run_id}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         )
 
-        sample_rows = read_snapshot(snapshot).limit(2).to_pandas()
+        sample_rows = read_snapshot(snap).limit(2).to_pandas()
         _log_artifacts(result.booster, fs, cfg, to_records(sample_rows, contract))
         example = model_data["test"].limit(5).to_pandas()[names]
         info = registry.log_model(result.booster, fs, example, lineage)

@@ -24,6 +24,10 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "DO_NOT_TRACK": "1",
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+            # For the local S3 server in test_store.py; Ray workers inherit these.
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_EC2_METADATA_DISABLED": "true",
         }
     )
     return home

@@ -12,6 +12,7 @@ from ray_app.config import SplitConfig
 from ray_app.data.ingest import inspect_source, read_raw
 from ray_app.data.snapshot import read_snapshot, write_snapshot
 from ray_app.data.split import SPLITS, assign, split_dataset
+from ray_app.data.store import DataStore
 from ray_app.data.validate import validate
 from ray_app.serve.schema import request_models, to_records
 
@@ -19,9 +20,9 @@ from ray_app.serve.schema import request_models, to_records
 @pytest.fixture(scope="module")
 def snapshot(ray_session, contract, churn_csv, tmp_path_factory):
     source = inspect_source(churn_csv, contract)
-    store = tmp_path_factory.mktemp("store")
+    store = DataStore(tmp_path_factory.mktemp("store"))
     report = validate(read_raw(source, contract), contract, source, 5_000)
-    return write_snapshot(read_raw(source, contract), contract, source, report, store).path
+    return write_snapshot(read_raw(source, contract), contract, source, report, store)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 from ray_app.data import synth
 from ray_app.data.ingest import DataError, dataset_version, inspect_source, read_raw
 from ray_app.data.snapshot import META_FILE, read_snapshot, write_snapshot
+from ray_app.data.store import DataStore
 from ray_app.data.validate import validate
 
 
@@ -105,20 +106,21 @@ def test_parquet_input_and_immutable_snapshot(ray_session, contract, tmp_path):
     path = synth.write(tmp_path / "churn.parquet", 3_000, seed=8)
     source, report = _validate(path, contract)
     assert report.success and source.fmt == "parquet"
-    store = tmp_path / "store"
-    snap = write_snapshot(read_raw(source, contract), contract, source, report, store).path
-    assert snap == store / source.version
-    assert sorted(p.name for p in store.iterdir()) == [source.version]  # no temp folder left
+    store = DataStore(tmp_path / "store")
+    snap = write_snapshot(read_raw(source, contract), contract, source, report, store)
+    folder = tmp_path / "store" / source.version
+    assert snap.url == str(folder / snap.attempt)
+    assert sorted(p.name for p in folder.iterdir()) == [META_FILE, snap.attempt]
     assert read_snapshot(snap).count() == 3_000
-    assert "passed" in (snap / "validation.html").read_text()
-    schema = pq.read_schema(next(snap.glob("*.parquet")))
+    assert "passed" in snap.read_text("validation.html")
+    schema = pq.read_schema(next((folder / snap.attempt).glob("*.parquet")))
     assert schema.field("signup_date").type == pa.timestamp("ns")
     assert schema.field("age").type == pa.int64()
     assert schema.field("plan").type == pa.string()
-    stamp = (snap / META_FILE).stat().st_mtime_ns
+    stamp = (folder / META_FILE).stat().st_mtime_ns
     again = write_snapshot(read_raw(source, contract), contract, source, report, store)
-    assert again.path == snap
-    assert (snap / META_FILE).stat().st_mtime_ns == stamp  # reused, not rewritten
+    assert again == snap
+    assert (folder / META_FILE).stat().st_mtime_ns == stamp  # reused, not rewritten
 
 
 def test_version_follows_content(tmp_path):

@@ -31,7 +31,7 @@ def test_few_bad_rows_are_quarantined_with_reasons(
 
     snap = pipeline.ingest(_config(pipeline_config, 0.01), contract, path, lambda m: None)
     assert snap.quarantined_rows == expected_bad and snap.rows == 4_000 - expected_bad
-    assert read_snapshot(snap.path).count() == snap.rows
+    assert read_snapshot(snap).count() == snap.rows
 
     held = pd.read_parquet(rayapp_home() / "quarantine" / snap.version)
     assert len(held) == expected_bad
@@ -41,7 +41,7 @@ def test_few_bad_rows_are_quarantined_with_reasons(
         .str.contains("age: not a valid integer")
         .all()
     )
-    assert set(held.customer_id).isdisjoint(read_snapshot(snap.path).to_pandas().customer_id)
+    assert set(held.customer_id).isdisjoint(read_snapshot(snap).to_pandas().customer_id)
 
 
 def test_too_many_bad_rows_stop_and_leave_nothing(ray_session, pipeline_config, contract, tmp_path):

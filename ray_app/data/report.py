@@ -41,13 +41,15 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.bad td{{backgroun
 """
 
 
+def documents(report: ValidationReport) -> dict[str, str]:
+    """The report's files by name: JSON for machines, HTML for people."""
+    return {JSON_NAME: json.dumps(report.to_dict(), indent=2), HTML_NAME: to_html(report)}
+
+
 def write(report: ValidationReport, folder: Path) -> Path:
     """Write validation.json and validation.html into `folder`; returns the HTML path."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, text in (
-        (JSON_NAME, json.dumps(report.to_dict(), indent=2)),
-        (HTML_NAME, to_html(report)),
-    ):
+    for name, text in documents(report).items():
         tmp = folder / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(folder / name)

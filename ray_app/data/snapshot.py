@@ -1,7 +1,8 @@
 """Immutable, typed Parquet snapshots of validated data, keyed by the dataset version.
 
-A snapshot is written to a temporary folder and renamed into place only when complete, so a
-failed or interrupted write never leaves a half snapshot that a later run could trust.
+Layout in a `DataStore`: `<version>/<attempt>/` holds the Parquet parts and the validation
+report; `<version>/_snapshot.json` is the commit marker that names the attempt. The marker is
+written last, so a failed or interrupted write never leaves a snapshot a later run could trust.
 """
 
 from __future__ import annotations
@@ -9,10 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import shutil
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 import pyarrow as pa
@@ -22,6 +21,7 @@ from ray_app.data import report as validation_report
 from ray_app.data.contract import Contract
 from ray_app.data.ingest import DataError, Source, coerce, to_arrow
 from ray_app.data.quarantine import good_rows
+from ray_app.data.store import DataStore
 from ray_app.data.validate import ValidationReport
 
 META_FILE = "_snapshot.json"
@@ -32,33 +32,43 @@ class Snapshot:
     """A validated, typed, immutable copy of a source, named by its content version."""
 
     version: str
-    path: Path
     source: str
     rows: int
     contract: str
     contract_hash: str
+    attempt: str
     created: str = ""
     quarantined_rows: int = 0
+    store: DataStore = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    @property
+    def url(self) -> str:
+        """Where the Parquet files are, as a person would type it."""
+        return self.store.url(self.version, self.attempt)
+
+    def read_text(self, name: str) -> str:
+        """A file kept beside the data, such as the validation report."""
+        return self.store.read_text(self.version, self.attempt, name)
 
     @classmethod
-    def load(cls, path: Path) -> Snapshot:
-        meta = json.loads((path / META_FILE).read_text())
-        return cls(path=path, **meta)
+    def load(cls, store: DataStore, version: str) -> Snapshot:
+        return cls(store=store, **json.loads(store.read_text(version, META_FILE)))
 
 
-def list_snapshots(store: Path) -> list[Snapshot]:
-    """Every complete snapshot in a store, newest first."""
-    found = [Snapshot.load(p) for p in store.glob("*") if (p / META_FILE).is_file()]
+def list_snapshots(store: DataStore) -> list[Snapshot]:
+    """Every committed snapshot in a store, newest first."""
+    found = [
+        Snapshot.load(store, name) for name in store.folders() if store.is_file(name, META_FILE)
+    ]
     return sorted(found, key=lambda s: s.created, reverse=True)
 
 
-def find_snapshot(store: Path, version: str, contract: Contract) -> Snapshot:
+def find_snapshot(store: DataStore, version: str, contract: Contract) -> Snapshot:
     """The snapshot of a data version, checked against the contract it must have been made with."""
-    path = store / version
-    if not (path / META_FILE).is_file():
+    if not store.is_file(version, META_FILE):
         known = ", ".join(s.version for s in list_snapshots(store)) or "none"
-        raise DataError(f"no snapshot of data version {version!r} in {store} (known: {known})")
-    snap = Snapshot.load(path)
+        raise DataError(f"no snapshot of data version {version!r} in {store.uri} (known: {known})")
+    snap = Snapshot.load(store, version)
     if snap.contract_hash != contract_hash(contract):
         raise DataError(
             f"snapshot {version} was validated against another version of contract "
@@ -84,41 +94,49 @@ def write_snapshot(
     contract: Contract,
     source: Source,
     report: ValidationReport,
-    store: Path,
+    store: DataStore,
     quarantined: int = 0,
 ) -> Snapshot:
     """Write (or reuse) the typed snapshot of a validated source, with its validation report
     beside the data. With `quarantined` rows, those rows are left out of the snapshot."""
-    final = store / source.version
-    meta = {
-        "version": source.version,
-        "source": str(source.path),
-        "rows": report.rows - quarantined,
-        "contract": contract.name,
-        "contract_hash": contract_hash(contract),
-        "quarantined_rows": quarantined,
-    }
-    if (final / META_FILE).is_file():
-        existing = Snapshot.load(final)
-        if (existing.contract_hash, existing.rows) == (meta["contract_hash"], meta["rows"]):
-            return existing
-    meta["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    tmp = store / f".tmp-{source.version}-{uuid.uuid4().hex[:8]}"
+    version = source.version
+    committed = Snapshot.load(store, version) if store.is_file(version, META_FILE) else None
+    rows = report.rows - quarantined
+    if committed and (committed.contract_hash, committed.rows) == (contract_hash(contract), rows):
+        return committed
+    snap = Snapshot(
+        version=version,
+        source=str(source.path),
+        rows=rows,
+        contract=contract.name,
+        contract_hash=contract_hash(contract),
+        attempt=f"attempt-{uuid.uuid4().hex[:12]}",
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        quarantined_rows=quarantined,
+        store=store,
+    )
     try:
         ds.map_batches(
             _typed_batch,
             fn_kwargs={"contract_json": contract.model_dump_json(), "drop_bad": quarantined > 0},
             batch_format="pandas",
-        ).write_parquet(str(tmp))
-        validation_report.write(report, tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if final.exists():  # same data, different contract: replace as a whole
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return Snapshot.load(final)
+        ).write_parquet(store.path(version, snap.attempt), filesystem=store.fs)
+        for name, text in validation_report.documents(report).items():
+            store.write_text(text, version, snap.attempt, name)
+        meta = {k: v for k, v in asdict(snap).items() if k != "store"}
+        store.write_text(json.dumps(meta, indent=2), version, META_FILE)  # the commit
+    except BaseException:
+        store.delete(version, snap.attempt)
+        raise
+    # Attempts no marker names: crashed writers, or the data under an older contract.
+    for stale in set(store.folders(version)) - {snap.attempt}:
+        store.delete(version, stale)
+    return snap
 
 
-def read_snapshot(path: Path) -> ray.data.Dataset:
-    return ray.data.read_parquet(str(path), file_extensions=["parquet"])
+def read_snapshot(snap: Snapshot) -> ray.data.Dataset:
+    return ray.data.read_parquet(
+        snap.store.path(snap.version, snap.attempt),
+        filesystem=snap.store.fs,
+        file_extensions=["parquet"],
+    )
