@@ -66,6 +66,7 @@ test: install
 bench: install
 	$(BIN)/python -m bench.train_bench
 	$(BIN)/python -m bench.validate_bench
+	$(BIN)/python -m bench.profile_bench
 
 lint: install
 	$(BIN)/ruff check ray_app jobs tests bench

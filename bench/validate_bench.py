@@ -29,28 +29,28 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ray(path: Path) -> dict:
+def run_ray(path: Path, contract_path: Path) -> dict:
     from ray_app.data.contract import load_contract
     from ray_app.data.ingest import inspect_source, read_raw
     from ray_app.data.validate import validate
     from ray_app.runtime import init_ray
 
     init_ray("local", num_cpus=2, include_dashboard=False)
-    contract = load_contract(CONTRACT)
+    contract = load_contract(contract_path)
     source = inspect_source(path, contract)
     start = time.perf_counter()
     report = validate(read_raw(source, contract), contract, source, batch_size=100_000)
     return {"seconds": time.perf_counter() - start, "rows": report.rows, "ok": report.success}
 
 
-def run_gx(path: Path) -> dict:
+def run_gx(path: Path, contract_path: Path) -> dict:
     import great_expectations as gx
     import pandas as pd
 
     from ray_app.data.contract import load_contract
     from ray_app.data.ingest import coerce
 
-    contract = load_contract(CONTRACT)
+    contract = load_contract(contract_path)
     context = gx.get_context(mode="ephemeral")
     batch = (
         context.data_sources.add_pandas("p")
@@ -72,17 +72,19 @@ def run_gx(path: Path) -> dict:
     }
 
 
-def child(mode: str, path: Path) -> None:
+def child(mode: str, path: Path, contract_path: Path) -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    out = (run_ray if mode == "ray" else run_gx)(path)
+    out = (run_ray if mode == "ray" else run_gx)(path, contract_path)
     out["peak_rss_mb"] = _peak_rss_mb()
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def measure(mode: str, path: Path) -> dict:
+def measure(mode: str, path: Path, contract_path: Path = CONTRACT) -> dict:
+    """One side of the comparison in a fresh child process."""
+    command = ["-m", "bench.validate_bench", "--child", mode, "--path", str(path)]
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.validate_bench", "--child", mode, "--path", str(path)],
+        [sys.executable, *command, "--contract", str(contract_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -99,9 +101,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--child", choices=["ray", "gx"])
     parser.add_argument("--path", type=Path)
+    parser.add_argument("--contract", type=Path, default=CONTRACT)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.path)
+        child(args.child, args.path, args.contract)
         return
     from ray_app.data import synth
 
