@@ -90,6 +90,38 @@ def train(
     _run_pipeline(config, address, data_version=data_version, contract_path=contract)
 
 
+@app.command("tune")
+def tune_command(
+    config: ConfigOption = Path("configs/pipeline.yaml"),
+    search: Annotated[Path, typer.Option(help="search space")] = Path("configs/search_space.yaml"),
+    data: Annotated[Path | None, typer.Option(help="CSV/Parquet (default: config's)")] = None,
+    data_version: Annotated[str | None, typer.Option(help="search on this snapshot")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="search name (default: from data version)")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="resume a killed search (default: latest)")] = False,
+    address: AddressOption = None,
+) -> None:
+    """Search hyperparameters with Ray Tune (CPU and GPU trials, ASHA, Optuna); every trial is
+    an MLflow child run and the best model is registered with alias `candidate`."""
+    from ray_app.config import load_pipeline_config, load_search_config
+    from ray_app.data.ingest import DataError
+    from ray_app.runtime import init_ray
+    from ray_app.tuning.search import run_search
+
+    cfg, space = load_pipeline_config(config), load_search_config(search)
+    init_ray(address)
+    try:
+        result = run_search(cfg, space, data, data_version, name, resume)
+    except DataError as e:
+        typer.echo(f"tune stopped: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"[done] search {result.name}: {result.trials} trials ({result.errors} errors); best "
+        f"{result.best_params} -> {result.model_name} v{result.model_version} (candidate)"
+    )
+
+
 @contract_app.command("infer")
 def contract_infer(
     data: Annotated[Path, typer.Option(help="a trusted CSV/Parquet sample")],

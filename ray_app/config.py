@@ -69,6 +69,90 @@ class PipelineConfig(_Strict):
     tracking: TrackingConfig = TrackingConfig()
 
 
+class Dimension(_Strict):
+    """One searched hyperparameter: a range (uniform, loguniform, randint) or a set of values
+    (choice; grid tries every value)."""
+
+    type: Literal["uniform", "loguniform", "randint", "choice", "grid"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Dimension:
+        if self.type in ("choice", "grid"):
+            if not self.values:
+                raise ValueError(f"a {self.type} dimension needs a non-empty `values` list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} dimension needs `low` < `high`")
+        return self
+
+
+class AshaConfig(_Strict):
+    """Asynchronous successive halving on the validation metric, in boosting rounds."""
+
+    enabled: bool = True
+    grace_rounds: int = Field(50, ge=1)  # no trial is stopped before this many rounds
+    reduction_factor: float = Field(3, gt=1)
+
+
+class TrialResources(_Strict):
+    cpus_per_trial: int = Field(1, ge=1)  # a CPU trial asks for N CPUs and trains with N threads
+    cpus_per_gpu_trial: int = Field(1, ge=1)
+    gpus_per_trial: float = Field(1, gt=0)
+    # What a trial given a GPU does where CUDA is absent (Ray's GPUs may be logical):
+    # fallback trains on CPU and records it; fail stops the trial with the reason.
+    on_missing_cuda: Literal["fallback", "fail"] = "fallback"
+
+
+class DistributedConfig(_Strict):
+    """Above `min_rows` training rows a trial is a data-parallel Ray Train run."""
+
+    min_rows: int = Field(2_000_000, ge=1)
+    num_workers: int = Field(2, ge=1)
+
+
+class SearchConfig(_Strict):
+    algorithm: Literal["optuna", "random", "grid"] = "optuna"
+    metric: str = "valid-logloss"  # <eval set>-<xgboost eval_metric>, as xgboost names it
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = Field(16, ge=1)  # trials (for grid: repeats of the whole grid)
+    max_concurrent_trials: int = Field(2, ge=1)
+    time_budget_s: float | None = Field(None, gt=0)
+    seed: int = 42
+    num_boost_round: int = Field(300, ge=1)
+    early_stopping_rounds: int | None = Field(30, ge=1)
+    report_every: int = Field(10, ge=1)  # rounds between reports to Tune (ASHA's clock)
+    checkpoint_every: int = Field(50, ge=1)  # rounds between trial checkpoints
+    max_failures: int = Field(2, ge=-1)  # retries of a crashed trial
+    asha: AshaConfig = AshaConfig()
+    resources: TrialResources = TrialResources()
+    distributed: DistributedConfig = DistributedConfig()
+    fixed: dict[str, Any] = Field(default_factory=dict)  # XGBoost params every trial shares
+    space: dict[str, Dimension]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchConfig:
+        data_set, _, name = self.metric.partition("-")
+        if data_set not in ("train", "valid") or not name:
+            raise ValueError(f"metric must look like 'valid-logloss', got {self.metric!r}")
+        evaluated = self.fixed.get("eval_metric", [])
+        evaluated = [evaluated] if isinstance(evaluated, str) else evaluated
+        if name not in evaluated:
+            raise ValueError(f"metric {self.metric!r} needs {name!r} in fixed.eval_metric")
+        if self.checkpoint_every % self.report_every:
+            raise ValueError("checkpoint_every must be a multiple of report_every")
+        grid = any(d.type == "grid" for d in self.space.values())
+        if grid != (self.algorithm == "grid"):
+            raise ValueError("`grid` dimensions go with `algorithm: grid`, and only with it")
+        return self
+
+
+def load_search_config(path: str | Path) -> SearchConfig:
+    """Load and validate `configs/search_space.yaml`."""
+    return SearchConfig.model_validate(load_yaml(path))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import matplotlib
 import mlflow
+import ray.data
 import xgboost as xgb
 
 from ray_app import features, registry, tracking
-from ray_app.config import PipelineConfig, rayapp_home
+from ray_app.config import PipelineConfig, SplitConfig, rayapp_home
 from ray_app.data import report as validation_report
 from ray_app.data import synth
 from ray_app.data.contract import Contract, load_contract
@@ -56,7 +57,7 @@ def builtin_dataset(rows: int, seed: int) -> Path:
     return path
 
 
-def _log_artifacts(
+def log_model_artifacts(
     booster: xgb.Booster, fs: features.FeatureSet, cfg: PipelineConfig, sample: list[dict]
 ) -> None:
     matplotlib.use("Agg")
@@ -73,7 +74,7 @@ def _log_artifacts(
     mlflow.log_dict({"instances": sample}, SAMPLE_REQUEST)
 
 
-class _Steps:
+class Steps:
     """Reports each step with the seconds it took."""
 
     def __init__(self, log: Callable[[str], None]):
@@ -84,7 +85,7 @@ class _Steps:
         self.started = time.perf_counter()
 
 
-def ingest(cfg: PipelineConfig, contract: Contract, data: Path, step: _Steps) -> Snapshot:
+def ingest(cfg: PipelineConfig, contract: Contract, data: Path, step: Steps) -> Snapshot:
     """Validate a source against its contract and snapshot it; bad data stops here."""
     home = rayapp_home()
     source = inspect_source(data, contract)
@@ -122,31 +123,57 @@ def run(
     log: Callable[[str], None] = print,
 ) -> PipelineResult:
     """The whole flow; with `data_version`, train again on an existing snapshot instead."""
-    step = _Steps(log)
+    step = Steps(log)
     contract: Contract = load_contract(contract_path or cfg.contract)
-    if data_version:
-        snap = find_snapshot(open_store(cfg.data.store), data_version, contract)
-        step(f"[snapshot] reusing data version {snap.version} ({snap.rows} rows of {snap.source})")
-    else:
-        path = data or cfg.data.path or builtin_dataset(cfg.data.synth_rows, cfg.data.seed)
-        snap = ingest(cfg, contract, Path(path), step)
+    snap = resolve_snapshot(cfg, contract, data, data_version, step)
     return train_and_register(cfg, contract, snap, step)
 
 
-def train_and_register(
-    cfg: PipelineConfig, contract: Contract, snap: Snapshot, step: _Steps
-) -> PipelineResult:
-    """Features, training, evaluation, tracking and the minimal gate for one snapshot."""
-    home = rayapp_home()
-    splits = split_dataset(read_snapshot(snap).materialize(), contract.id_column, cfg.data.split)
+def resolve_snapshot(
+    cfg: PipelineConfig,
+    contract: Contract,
+    data: str | Path | None,
+    data_version: str | None,
+    step: Steps,
+) -> Snapshot:
+    """An existing data version, or a source (given, configured or built-in) ingested now."""
+    if data_version:
+        snap = find_snapshot(open_store(cfg.data.store), data_version, contract)
+        step(f"[snapshot] reusing data version {snap.version} ({snap.rows} rows of {snap.source})")
+        return snap
+    path = data or cfg.data.path or builtin_dataset(cfg.data.synth_rows, cfg.data.seed)
+    return ingest(cfg, contract, Path(path), step)
+
+
+@dataclass
+class ModelData:
+    """A snapshot split by id and turned into model inputs, with the fitted features."""
+
+    features: features.FeatureSet
+    splits: dict[str, ray.data.Dataset]  # train/valid/test, transformed and materialised
+    counts: dict[str, int]
+
+
+def prepare(snap: Snapshot, contract: Contract, split: SplitConfig, step: Steps) -> ModelData:
+    """Split, fit features on train only, transform every split: shared by train and tune."""
+    splits = split_dataset(read_snapshot(snap).materialize(), contract.id_column, split)
     fs = features.fit(splits["train"], contract)
-    names = fs.feature_names
     model_data = {k: features.transform_dataset(v, fs).materialize() for k, v in splits.items()}
     counts = {k: v.count() for k, v in model_data.items()}
     step(
-        f"[features] {len(names)} features fitted on train; rows train/valid/test = "
+        f"[features] {len(fs.feature_names)} features fitted on train; rows train/valid/test = "
         f"{counts['train']}/{counts['valid']}/{counts['test']}"
     )
+    return ModelData(fs, model_data, counts)
+
+
+def train_and_register(
+    cfg: PipelineConfig, contract: Contract, snap: Snapshot, step: Steps
+) -> PipelineResult:
+    """Features, training, evaluation, tracking and the minimal gate for one snapshot."""
+    home = rayapp_home()
+    prepared = prepare(snap, contract, cfg.data.split, step)
+    fs, names, model_data = prepared.features, prepared.features.feature_names, prepared.splits
 
     tracking.configure()
     experiment = tracking.experiment_id(cfg.tracking.experiment)
@@ -185,14 +212,13 @@ def train_and_register(
             scored[features.LABEL].to_numpy(), scored[PROBA].to_numpy()
         )
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
-        mlflow.log_metrics({k: v for k, v in result.metrics.items() if k != "rounds"})
-        mlflow.log_metric("rounds", result.metrics["rounds"])
+        mlflow.log_metrics(result.metrics)
         step(
             f"[train] MLflow run {run_id}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         )
 
         sample_rows = read_snapshot(snap).limit(2).to_pandas()
-        _log_artifacts(result.booster, fs, cfg, to_records(sample_rows, contract))
+        log_model_artifacts(result.booster, fs, cfg, to_records(sample_rows, contract))
         example = model_data["test"].limit(5).to_pandas()[names]
         info = registry.log_model(result.booster, fs, example, lineage)
 

@@ -1,9 +1,10 @@
 """Ray Train XGBoost: one trainer builder shared by the pipeline, tuning and benchmarks.
 
 Each worker trains on its shard of the transformed data; rank 0 saves the booster in XGBoost's
-own UBJ format into the one checkpoint of the run. Ray Train is told about progress once, at
-the end: each `ray.train.report` waits for the controller's poll (about 2 s by default), so a
-report per boosting round would cost more than the training itself.
+own UBJ format into the one checkpoint of the run. Ray Train hears about progress once, at the
+end, unless a Tune trial asks for a report every N rounds: each `ray.train.report` waits for the
+controller's poll (`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`), so a report per round would cost more
+than the training itself.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ TRAIN, VALID = "train", "valid"
 @dataclass
 class TrainResult:
     booster: xgb.Booster
-    metrics: dict[str, float]  # final validation metrics reported by rank 0
+    metrics: dict[str, float]  # rank 0's final validation metrics, rounds and model_rounds
     checkpoint_path: str
 
 
@@ -37,8 +38,29 @@ def _dmatrix(split: str, feature_names: list[str]) -> xgb.DMatrix:
     return xgb.DMatrix(df[feature_names], label=df[LABEL].to_numpy(), feature_names=feature_names)
 
 
+def metrics_at(evals_log: dict[str, dict[str, list[float]]], index: int) -> dict[str, float]:
+    """Evaluation metrics after a round, named as xgboost names them (`valid-logloss`)."""
+    return {f"{data}-{m}": float(v[index]) for data, ms in evals_log.items() for m, v in ms.items()}
+
+
+class _ProgressReport(xgb.callback.TrainingCallback):
+    """Metrics every `every` rounds, for Tune's schedulers; each rank calls (a barrier)."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
+        if (epoch + 1) % self.every == 0:
+            ray.train.report({**metrics_at(evals_log, epoch), "rounds": epoch + 1})
+        return False
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker; the xgboost collective is set up by XGBoostTrainer."""
+    """Runs on every Ray Train worker; the xgboost collective is set up by XGBoostTrainer.
+
+    With `report_every`, progress is reported every so many rounds (a Tune trial's ASHA needs
+    it); otherwise once, at the end, with the model.
+    """
     names = config["feature_names"]
     dtrain, dvalid = _dmatrix(TRAIN, names), _dmatrix(VALID, names)
     history: dict[str, dict[str, list[float]]] = {}
@@ -46,18 +68,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         config["params"],
         dtrain,
         num_boost_round=config["num_boost_round"],
-        evals=[(dtrain, TRAIN), (dvalid, VALID)],
+        evals=[(dvalid, VALID)],
         evals_result=history,
         early_stopping_rounds=config.get("early_stopping_rounds"),
+        callbacks=[_ProgressReport(config["report_every"])] if config.get("report_every") else [],
         verbose_eval=False,
     )
+    trained = len(next(iter(history[VALID].values())))
     if config.get("early_stopping_rounds"):
         booster = booster[: booster.best_iteration + 1]
-    metrics = {
-        f"{VALID}_{m}": float(v[booster.num_boosted_rounds() - 1])
-        for m, v in history[VALID].items()
-    }
-    metrics["rounds"] = booster.num_boosted_rounds()
+    rounds = booster.num_boosted_rounds()
+    metrics = {**metrics_at(history, rounds - 1), "rounds": trained, "model_rounds": rounds}
     if ray.train.get_context().get_world_rank() == 0:
         with tempfile.TemporaryDirectory() as d:
             booster.save_model(str(Path(d) / RayTrainReportCallback.CHECKPOINT_NAME))
@@ -78,13 +99,17 @@ def build_trainer(
     cfg: TrainConfig,
     storage_path: Path,
     name: str,
+    report_every: int = 0,
+    callbacks: list | None = None,
 ) -> XGBoostTrainer:
-    """The XGBoostTrainer for one training run: workers, threads and rounds from config."""
+    """The XGBoostTrainer for one training run: workers, threads and rounds from config.
+    Tune trials pass `report_every` and Tune's `TuneReportCallback` in `callbacks`."""
     loop_config = {
         "params": xgb_params(cfg, cfg.cpus_per_worker),
         "num_boost_round": cfg.num_boost_round,
         "early_stopping_rounds": cfg.early_stopping_rounds,
         "feature_names": feature_names,
+        "report_every": report_every,
     }
     return XGBoostTrainer(
         train_loop_per_worker,
@@ -104,6 +129,7 @@ def build_trainer(
             name=name,
             storage_path=str(storage_path),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks,
         ),
     )
 

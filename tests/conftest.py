@@ -41,7 +41,8 @@ def ray_session(isolated_env: Path):
     from ray_app.runtime import init_ray
 
     # 4 logical CPUs on 2 cores: Serve replicas (under 1 CPU) and a 2-CPU training run fit at once.
-    init_ray("local", num_cpus=4, include_dashboard=False)
+    # One logical GPU (no CUDA here): Tune's GPU trials are really scheduled on it.
+    init_ray("local", num_cpus=4, num_gpus=1, include_dashboard=False)
     yield ray
     ray.shutdown()
 

@@ -37,6 +37,6 @@ def test_two_workers_train_one_booster_saved_as_ubj(ray_session, tmp_path):
     )
     assert result.booster.num_boosted_rounds() == 15
     assert result.booster.feature_names == ["a", "b", "c"]
-    assert result.metrics["valid_auc"] > 0.75 and result.metrics["rounds"] == 15
+    assert result.metrics["valid-auc"] > 0.75 and result.metrics["rounds"] == 15
     saved = Path(result.checkpoint_path) / "model.ubj"
     assert xgb.Booster(model_file=str(saved)).num_boosted_rounds() == 15

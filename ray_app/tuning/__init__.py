@@ -1,0 +1,1 @@
+"""Hyperparameter search: Ray Tune trials on CPU or GPU, ASHA, Optuna, tracked in MLflow."""

@@ -1,0 +1,294 @@
+"""`rayapp tune`: a Ray Tune search over a validated snapshot, tracked as one MLflow parent run
+with a child run per trial; its best trial's model is registered as alias `candidate`.
+
+A search lives in `$RAYAPP_HOME/ray_results/<name>/`, beside Tune's own state, with
+`rayapp_search.json` recording what a resume needs: the data version, both configs and the
+parent run. `--resume` restores Tune's state, so finished trials are not run again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import ray
+import xgboost as xgb
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from ray_app import registry, tracking
+from ray_app.config import PipelineConfig, SearchConfig, rayapp_home
+from ray_app.data.contract import load_contract
+from ray_app.data.snapshot import Snapshot, read_snapshot
+from ray_app.evaluate.metrics import PROBA, classification_metrics, score
+from ray_app.features import LABEL
+from ray_app.pipeline import ModelData, Steps, log_model_artifacts, prepare, resolve_snapshot
+from ray_app.serve.schema import to_records
+from ray_app.train import TRAIN, VALID
+from ray_app.tuning import space
+from ray_app.tuning.mlflow_trials import MLflowTrials, child_run
+from ray_app.tuning.trials import MODEL_FILE, TRAINED, TrialData, distributed_trial, single_trial
+
+SEARCH_FILE = "rayapp_search.json"
+CANDIDATE = "candidate"
+# Tune saves its experiment state at most this often; a killed search resumes from it, so
+# a trial finished more than this long before the kill is never run again.
+STATE_SAVE_S = "1"
+
+
+@dataclass
+class SearchResult:
+    name: str
+    path: Path
+    parent_run_id: str
+    trials: int
+    errors: int
+    best_trial_id: str
+    best_run_id: str
+    best_params: dict[str, Any]
+    best_metric: float
+    test_metrics: dict[str, float]
+    model_name: str
+    model_version: str
+
+
+def searches_root() -> Path:
+    return rayapp_home() / "ray_results"
+
+
+def latest_search() -> str:
+    """The most recently started search, for `--resume` without a name."""
+    found = sorted(searches_root().glob(f"*/{SEARCH_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no search to resume under {searches_root()}")
+    return found[-1].parent.name
+
+
+def _trainable(search: SearchConfig, data: ModelData, storage: Path) -> tuple[Any, bool]:
+    """The wrapped trainable (rebuilt the same way on resume) and whether trials are
+    distributed, which depends on the training rows only."""
+    names = data.features.feature_names
+    distributed = data.counts[TRAIN] >= search.distributed.min_rows
+    if distributed:
+        fn = tune.with_parameters(
+            distributed_trial,
+            datasets={TRAIN: data.splits[TRAIN], VALID: data.splits[VALID]},
+            feature_names=names,
+            settings=search,
+            storage=str(storage),
+        )
+    else:
+        arrays = TrialData.from_datasets(data.splits[TRAIN], data.splits[VALID], names)
+        fn = tune.with_parameters(single_trial, data=arrays, settings=search)
+    return tune.with_resources(fn, space.trial_resources(search, distributed)), distributed
+
+
+def _is_final(metrics: dict) -> bool:
+    return bool(metrics.get(TRAINED)) or "checkpoint_path" in metrics
+
+
+def _best(results: tune.ResultGrid, search: SearchConfig) -> tune.Result:
+    """The best trial among those whose model finished (a trial stopped by ASHA has no final
+    model), on the validation metric."""
+    finished = [r for r in results if r.error is None and r.metrics and _is_final(r.metrics)]
+    if not finished:
+        raise RuntimeError(f"no trial of the search finished; errors: {results.num_errors}")
+    sign = 1 if search.mode == "min" else -1
+    return min(finished, key=lambda r: sign * r.metrics[search.metric])
+
+
+def _load_booster(result: tune.Result) -> xgb.Booster:
+    checkpoint = result.checkpoint or ray.train.Checkpoint(result.metrics["checkpoint_path"])
+    with checkpoint.as_directory() as d:
+        return xgb.Booster(model_file=str(Path(d) / MODEL_FILE))
+
+
+def run_search(
+    cfg: PipelineConfig,
+    search: SearchConfig,
+    data: str | Path | None = None,
+    data_version: str | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> SearchResult:
+    """Run (or resume) a search and register its best model as `candidate`."""
+    step = Steps(log)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_S)
+    tracking.configure()
+    if resume:
+        name = name or latest_search()
+        state = json.loads((searches_root() / name / SEARCH_FILE).read_text())
+        cfg = PipelineConfig.model_validate(state["pipeline"])
+        search = SearchConfig.model_validate(state["search"])
+        data_version = state["data_version"]
+    contract = load_contract(cfg.contract)
+    snap = resolve_snapshot(cfg, contract, data, data_version, step)
+    prepared = prepare(snap, contract, cfg.data.split, step)
+    name = name or f"search-{snap.version}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    path = searches_root() / name
+    trainable, distributed = _trainable(search, prepared, path / "train_runs")
+    experiment = tracking.experiment_id(cfg.tracking.experiment)
+    lineage = {
+        "dataset_version": snap.version,
+        "data_source": snap.source,
+        "contract": contract.name,
+        "git_commit": tracking.git_commit(),
+    }
+    if resume:
+        if not tune.Tuner.can_restore(str(path)):
+            raise FileNotFoundError(f"{path} holds no Tune state to resume")
+        parent = state["parent_run_id"]
+        tuner = tune.Tuner.restore(
+            str(path), trainable, resume_unfinished=True, resume_errored=True
+        )
+        step(f"[tune] resuming search {name} (MLflow parent run {parent})")
+    else:
+        parent = _start_parent(experiment, name, lineage, search, distributed)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {
+            "name": name,
+            "parent_run_id": parent,
+            "data_version": snap.version,
+            "pipeline": json.loads(cfg.model_dump_json()),
+            "search": json.loads(search.model_dump_json()),
+        }
+        (path / SEARCH_FILE).write_text(json.dumps(state, indent=2))
+        tuner = _tuner(search, trainable, name, experiment, parent, lineage, step)
+        step(
+            f"[tune] search {name}: {search.num_samples} x {search.algorithm}, "
+            f"{'distributed' if distributed else 'single-process'} trials, MLflow parent {parent}"
+        )
+    results = tuner.fit()
+    return _finish(cfg, search, results, prepared, snap, path, parent, lineage, step)
+
+
+def _start_parent(
+    experiment: str, name: str, lineage: dict, search: SearchConfig, distributed: bool
+) -> str:
+    client = MlflowClient()
+    run = client.create_run(
+        experiment, run_name=name, tags={**lineage, "search": name, "kind": "search"}
+    )
+    settings = {
+        "algorithm": search.algorithm,
+        "metric": search.metric,
+        "mode": search.mode,
+        "num_samples": search.num_samples,
+        "max_concurrent_trials": search.max_concurrent_trials,
+        "num_boost_round": search.num_boost_round,
+        "asha": search.asha.enabled,
+        "seed": search.seed,
+        "distributed_trials": distributed,
+    }
+    for key, value in settings.items():
+        client.log_param(run.info.run_id, key, value)
+    client.log_dict(run.info.run_id, json.loads(search.model_dump_json()), "search_space.json")
+    return run.info.run_id
+
+
+def _tuner(
+    search: SearchConfig,
+    trainable: Any,
+    name: str,
+    experiment: str,
+    parent: str,
+    lineage: dict,
+    step: Steps,
+) -> tune.Tuner:
+    gpus = ray.cluster_resources().get("GPU", 0)
+    return tune.Tuner(
+        trainable,
+        param_space=space.param_space(search, gpus, step),
+        tune_config=tune.TuneConfig(
+            metric=search.metric,
+            mode=search.mode,
+            search_alg=space.search_algorithm(search),
+            scheduler=space.scheduler(search),
+            num_samples=search.num_samples,
+            time_budget_s=search.time_budget_s,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(searches_root()),
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            # Every checkpoint is kept (num_boost_round / checkpoint_every + 1 per trial):
+            # with num_to_keep set, Tune saves its whole state after every checkpoint.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+            callbacks=[MLflowTrials(experiment, parent, lineage)],
+            verbose=0,
+        ),
+    )
+
+
+def _finish(
+    cfg: PipelineConfig,
+    search: SearchConfig,
+    results: tune.ResultGrid,
+    prepared: ModelData,
+    snap: Snapshot,
+    path: Path,
+    parent: str,
+    lineage: dict[str, str],
+    step: Steps,
+) -> SearchResult:
+    """Tag the best trial, score it on the test split, register it as `candidate`."""
+    client = MlflowClient()
+    best = _best(results, search)
+    trial_id = best.metrics["trial_id"]
+    experiment = tracking.experiment_id(cfg.tracking.experiment)
+    best_run = child_run(experiment, parent, trial_id)
+    if best_run is None:
+        raise RuntimeError(f"trial {trial_id} has no MLflow run under parent {parent}")
+    booster = _load_booster(best)
+    names = prepared.features.feature_names
+    scored = score(prepared.splits["test"], booster, names)
+    test = classification_metrics(scored[LABEL].to_numpy(), scored[PROBA].to_numpy())
+    test_metrics = {f"test_{k}": v for k, v in test.items()}
+    with mlflow.start_run(run_id=best_run):
+        mlflow.set_tag("best_trial", "true")
+        mlflow.log_metrics(test_metrics)
+        sample = to_records(read_snapshot(snap).limit(2).to_pandas(), load_contract(cfg.contract))
+        log_model_artifacts(booster, prepared.features, cfg, sample)
+        example = prepared.splits["test"].limit(5).to_pandas()[names]
+        info = registry.log_model(booster, prepared.features, example, lineage)
+    model_name = cfg.tracking.model_name
+    version = registry.register(
+        info.model_uri, model_name, tags={**lineage, "run_id": best_run, "search": path.name}
+    )
+    registry.set_alias(model_name, CANDIDATE, version.version)
+    metric = best.metrics[search.metric]
+    for key, value in {**test_metrics, f"best_{search.metric}": metric}.items():
+        client.log_metric(parent, key, value)
+    for key, value in {
+        "best_run_id": best_run,
+        "best_trial_id": trial_id,
+        "best_params": json.dumps(best.config, sort_keys=True, default=str),
+    }.items():
+        client.set_tag(parent, key, value)
+    client.set_terminated(parent)
+    step(
+        f"[tune] best trial {trial_id} ({search.metric}={metric:.4f}, test roc_auc="
+        f"{test['roc_auc']:.4f}) -> {model_name} v{version.version}, alias {CANDIDATE!r}"
+    )
+    return SearchResult(
+        name=path.name,
+        path=path,
+        parent_run_id=parent,
+        trials=len(results),
+        errors=results.num_errors,
+        best_trial_id=trial_id,
+        best_run_id=best_run,
+        best_params=dict(best.config),
+        best_metric=metric,
+        test_metrics=test,
+        model_name=model_name,
+        model_version=str(version.version),
+    )
