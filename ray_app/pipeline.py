@@ -25,7 +25,7 @@ from ray_app.data import synth
 from ray_app.data.contract import Contract, load_contract
 from ray_app.data.ingest import inspect_source, read_raw
 from ray_app.data.quarantine import quarantine
-from ray_app.data.snapshot import Snapshot, find_snapshot, read_snapshot, write_snapshot
+from ray_app.data.snapshot import Snapshot, find_snapshot, head, read_snapshot, write_snapshot
 from ray_app.data.split import split_dataset
 from ray_app.data.store import open_store
 from ray_app.data.validate import validate
@@ -217,7 +217,7 @@ def train_and_register(
             f"[train] MLflow run {run_id}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         )
 
-        sample_rows = read_snapshot(snap).limit(2).to_pandas()
+        sample_rows = head(snap, 2)
         log_model_artifacts(result.booster, fs, cfg, to_records(sample_rows, contract))
         example = model_data["test"].limit(5).to_pandas()[names]
         info = registry.log_model(result.booster, fs, example, lineage)

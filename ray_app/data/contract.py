@@ -13,12 +13,14 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import great_expectations.expectations as gxe
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ray_app.config import load_yaml
+
+if TYPE_CHECKING:  # importing GX takes seconds; serving and training never need it
+    import great_expectations.expectations as gxe
 
 ColumnType = Literal["integer", "float", "string", "category", "date", "boolean"]
 Role = Literal["id", "label", "feature", "sensitive", "slice", "timestamp"]
@@ -212,6 +214,8 @@ class Contract(BaseModel):
     def checks(self) -> list[Check]:
         """Compile the contract into Great Expectations expectations, one per rule. Tolerances
         (`max_null_fraction`) are applied to totals over all batches, not per batch."""
+        import great_expectations.expectations as gxe
+
         out: list[Check] = []
 
         def add(expectation: gxe.Expectation, max_fraction: float = 0.0) -> None:

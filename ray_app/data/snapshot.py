@@ -140,3 +140,18 @@ def read_snapshot(snap: Snapshot) -> ray.data.Dataset:
         filesystem=snap.store.fs,
         file_extensions=["parquet"],
     )
+
+
+def head(snap: Snapshot, rows: int) -> pd.DataFrame:
+    """The first rows of a snapshot, read straight from Parquet: a Ray job costs seconds."""
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    folder = snap.store.path(snap.version, snap.attempt)
+    files = sorted(
+        info.path
+        for info in snap.store.fs.get_file_info(pafs.FileSelector(folder))
+        if info.path.endswith(".parquet")
+    )
+    dataset = pads.dataset(files, filesystem=snap.store.fs, format="parquet")
+    return dataset.head(rows).to_pandas()

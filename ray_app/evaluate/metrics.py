@@ -50,10 +50,18 @@ def _score_batch(batch: pd.DataFrame, model: bytes, feature_names: list[str]) ->
     return pd.DataFrame({LABEL: batch[LABEL].to_numpy(), PROBA: proba})
 
 
+# Below this many rows a split is scored in the calling process: starting Ray Data tasks that
+# import xgboost costs seconds, more than scoring a few hundred thousand rows.
+LOCAL_SCORING_ROWS = 500_000
+
+
 def score(ds: ray.data.Dataset, booster: xgb.Booster, feature_names: list[str]) -> pd.DataFrame:
-    """Labels and probabilities for a transformed dataset, scored in Ray Data tasks; only
-    these two columns come back to the driver."""
+    """Labels and probabilities for a transformed dataset, scored in Ray Data tasks (or here,
+    for small splits); only these two columns come back to the driver."""
     model = bytes(booster.save_raw("ubj"))
+    if ds.count() <= LOCAL_SCORING_ROWS:
+        frame = ds.select_columns([*feature_names, LABEL]).to_pandas()
+        return _score_batch(frame, model, feature_names)
     return ds.map_batches(
         _score_batch,
         fn_kwargs={"model": model, "feature_names": feature_names},
