@@ -18,11 +18,12 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = false
 # The local cluster uses Ray token auth; client CLIs need the mode set to send the token.
 CLUSTER_ENV := RAY_AUTH_MODE=token
 
-.PHONY: help install run cluster pipeline deploy test bench lint stop mlflow-ui
+.PHONY: help install run cluster pipeline tune deploy test bench lint stop mlflow-ui
 
 help:
 	@echo "make run    - install, start a local Ray cluster, run the pipeline, serve the model"
 	@echo "make test   - install and run the test suite"
+	@echo "make tune   - hyperparameter search as a Ray job (configs/search_space.yaml)"
 	@echo "make stop   - stop the local Ray cluster"
 	@echo "make bench  - run the benchmarks (bench/RESULTS.md)"
 	@echo "make mlflow-ui - MLflow UI on http://127.0.0.1:5000"
@@ -51,6 +52,11 @@ pipeline: cluster
 	  --runtime-env-json '{"env_vars": {"RAYAPP_GIT_COMMIT": "'"$$(git rev-parse HEAD 2>/dev/null || echo unknown)"'"}}' \
 	  -- python jobs/pipeline.py --config configs/pipeline.yaml $(if $(DATA),--data $(DATA))
 
+tune: cluster
+	$(CLUSTER_ENV) $(BIN)/ray job submit --address $(DASHBOARD) --working-dir . \
+	  --runtime-env-json '{"env_vars": {"RAYAPP_GIT_COMMIT": "'"$$(git rev-parse HEAD 2>/dev/null || echo unknown)"'"}}' \
+	  -- python jobs/tune.py --config configs/pipeline.yaml $(if $(DATA),--data $(DATA)) $(if $(RESUME),--resume)
+
 deploy: cluster
 	$(CLUSTER_ENV) $(BIN)/serve deploy serve_config.yaml --address $(DASHBOARD)
 	$(BIN)/rayapp predict --sample --wait 180 --url $(SERVE_URL)
@@ -67,6 +73,7 @@ bench: install
 	$(BIN)/python -m bench.train_bench
 	$(BIN)/python -m bench.validate_bench
 	$(BIN)/python -m bench.profile_bench
+	$(BIN)/python -m bench.tune_bench
 
 lint: install
 	$(BIN)/ruff check ray_app jobs tests bench

@@ -175,12 +175,13 @@ def test_versions_lists_the_snapshot(result):
     assert out.exit_code == 0 and result.dataset_version in out.output and "20,000" in out.output
 
 
-def test_job_entry_point_parses_its_arguments():
+@pytest.mark.parametrize("job, option", [("pipeline", "--data"), ("tune", "--resume")])
+def test_job_entry_points_parse_their_arguments(job, option):
     out = subprocess.run(
-        [sys.executable, "jobs/pipeline.py", "--help"],
+        [sys.executable, f"jobs/{job}.py", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert out.returncode == 0 and "--data" in out.stdout and "--config" in out.stdout
+    assert out.returncode == 0 and option in out.stdout and "--config" in out.stdout
