@@ -107,13 +107,14 @@ def tune_command(
     from ray_app.config import load_pipeline_config, load_search_config
     from ray_app.data.ingest import DataError
     from ray_app.runtime import init_ray
-    from ray_app.tuning.search import run_search
+    from ray_app.tuning.search import SearchError, run_search
+    from ray_app.tuning.space import NoGpuError
 
     cfg, space = load_pipeline_config(config), load_search_config(search)
     init_ray(address)
     try:
         result = run_search(cfg, space, data, data_version, name, resume)
-    except DataError as e:
+    except (DataError, SearchError, NoGpuError) as e:
         typer.echo(f"tune stopped: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(

@@ -162,6 +162,15 @@ def test_best_trial_is_tagged_and_registered_as_candidate(searched, pipeline_con
     assert registry.load(name, CANDIDATE).booster.num_boosted_rounds() >= 1
 
 
+def test_resume_refuses_unknown_and_finished_searches(searched, pipeline_config):
+    from ray_app.tuning.search import SearchError
+
+    with pytest.raises(SearchError, match="no search named 'nope'"):
+        run_search(pipeline_config, _search(), name="nope", resume=True)
+    with pytest.raises(SearchError, match="search mixed already finished"):
+        run_search(pipeline_config, _search(), name="mixed", resume=True)
+
+
 def test_gpu_trial_fails_clearly_when_so_configured(version, pipeline_config):
     cfg = _search(
         algorithm="grid",

@@ -21,7 +21,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from ray_app.tuning.space import DEVICE, ROUNDS
-from ray_app.tuning.trials import DEVICE_USED, TRAINED
+from ray_app.tuning.trials import DEVICE_USED, finished_training
 
 TRIAL_ID = "trial_id"
 BATCH = 1000  # MLflow's limit of metrics per log_batch
@@ -111,9 +111,7 @@ class MLflowTrials(tune.Callback):
         ]
         if curve:
             last = curve[-1]
-            outcome = "completed" if last.get(TRAINED) else "stopped by scheduler"
-            if "checkpoint_path" in last:  # a Ray Train trial's final report
-                outcome = "completed"
+            outcome = "completed" if finished_training(last) else "stopped by scheduler"
             metrics += [
                 Metric(k, float(last[k]), now, 0) for k in (ROUNDS, "model_rounds") if k in last
             ]

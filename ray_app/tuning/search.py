@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import ray
+import ray.train
 import xgboost as xgb
+from mlflow.entities import Param, RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -33,7 +34,13 @@ from ray_app.serve.schema import to_records
 from ray_app.train import TRAIN, VALID
 from ray_app.tuning import space
 from ray_app.tuning.mlflow_trials import MLflowTrials, child_run
-from ray_app.tuning.trials import MODEL_FILE, TRAINED, TrialData, distributed_trial, single_trial
+from ray_app.tuning.trials import (
+    MODEL_FILE,
+    TrialData,
+    distributed_trial,
+    finished_training,
+    single_trial,
+)
 
 SEARCH_FILE = "rayapp_search.json"
 CANDIDATE = "candidate"
@@ -62,11 +69,15 @@ def searches_root() -> Path:
     return rayapp_home() / "ray_results"
 
 
+class SearchError(RuntimeError):
+    """A search that cannot start or resume, with the reason."""
+
+
 def latest_search() -> str:
     """The most recently started search, for `--resume` without a name."""
     found = sorted(searches_root().glob(f"*/{SEARCH_FILE}"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"no search to resume under {searches_root()}")
+        raise SearchError(f"no search to resume under {searches_root()}")
     return found[-1].parent.name
 
 
@@ -89,14 +100,12 @@ def _trainable(search: SearchConfig, data: ModelData, storage: Path) -> tuple[An
     return tune.with_resources(fn, space.trial_resources(search, distributed)), distributed
 
 
-def _is_final(metrics: dict) -> bool:
-    return bool(metrics.get(TRAINED)) or "checkpoint_path" in metrics
-
-
 def _best(results: tune.ResultGrid, search: SearchConfig) -> tune.Result:
     """The best trial among those whose model finished (a trial stopped by ASHA has no final
     model), on the validation metric."""
-    finished = [r for r in results if r.error is None and r.metrics and _is_final(r.metrics)]
+    finished = [
+        r for r in results if r.error is None and r.metrics and finished_training(r.metrics)
+    ]
     if not finished:
         raise RuntimeError(f"no trial of the search finished; errors: {results.num_errors}")
     sign = 1 if search.mode == "min" else -1
@@ -122,7 +131,14 @@ def run_search(
     step = Steps(log)
     if resume:
         name = name or latest_search()
-        state = json.loads((searches_root() / name / SEARCH_FILE).read_text())
+        saved = searches_root() / name / SEARCH_FILE
+        if not saved.is_file():
+            raise SearchError(f"no search named {name!r} under {searches_root()}")
+        state = json.loads(saved.read_text())
+        tracking.configure()
+        parent = MlflowClient().get_run(state["parent_run_id"])
+        if parent.info.status == RunStatus.to_string(RunStatus.FINISHED):
+            raise SearchError(f"search {name} already finished (MLflow run {parent.info.run_id})")
         cfg = PipelineConfig.model_validate(state["pipeline"])
         search = SearchConfig.model_validate(state["search"])
         data_version = state["data_version"]
@@ -157,7 +173,7 @@ def search_prepared(
     }
     if resume:
         if not tune.Tuner.can_restore(str(path)):
-            raise FileNotFoundError(f"{path} holds no Tune state to resume")
+            raise SearchError(f"{path} holds no Tune state to resume")
         parent = json.loads((path / SEARCH_FILE).read_text())["parent_run_id"]
         tuner = tune.Tuner.restore(
             str(path), trainable, resume_unfinished=True, resume_errored=True
@@ -201,8 +217,7 @@ def _start_parent(
         "seed": search.seed,
         "distributed_trials": distributed,
     }
-    for key, value in settings.items():
-        client.log_param(run.info.run_id, key, value)
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in settings.items()])
     client.log_dict(run.info.run_id, json.loads(search.model_dump_json()), "search_space.json")
     return run.info.run_id
 

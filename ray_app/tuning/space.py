@@ -23,7 +23,7 @@ DEVICE, CPU, CUDA = "device", "cpu", "cuda"
 ROUNDS = "rounds"  # boosting rounds done: ASHA's clock, reported by every trial
 
 
-class NoGpuError(RuntimeError):
+class NoGpuError(ValueError):
     """The search would ask for GPUs that the cluster does not have."""
 
 

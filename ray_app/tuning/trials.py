@@ -32,6 +32,12 @@ TRAINED = "trained"  # 1 on a trial's final report: its model ran to the end or 
 DEVICE_USED = "device_used"
 
 
+def finished_training(result: dict[str, Any]) -> bool:
+    """Whether a result is a trial's final one, with its model: ours flag it, and a Ray Train
+    trial's only checkpointed report is its last."""
+    return bool(result.get(TRAINED)) or "checkpoint_path" in result
+
+
 @dataclass(frozen=True)
 class TrialData:
     """Train and validation arrays for single-process trials, shared through the object store."""
