@@ -75,6 +75,9 @@ def trial_resources(cfg: SearchConfig, distributed: bool) -> Callable[[dict], di
 
 def search_algorithm(cfg: SearchConfig) -> Searcher:
     if cfg.algorithm == "optuna":
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial otherwise
         return ConcurrencyLimiter(
             OptunaSearch(seed=cfg.seed),  # metric and mode come from TuneConfig
             max_concurrent=cfg.max_concurrent_trials,
