@@ -123,6 +123,44 @@ def tune_command(
     )
 
 
+@app.command()
+def rollback(
+    to: Annotated[
+        str | None, typer.Option(help="version (default: the previous production)")
+    ] = None,
+    model_name: str = "churn_model",
+) -> None:
+    """Move alias `production` back in one step; the running service follows within seconds."""
+    from ray_app import registry, tracking
+
+    tracking.configure()
+    try:
+        move = registry.rollback(model_name, to)
+    except registry.RegistryError as e:
+        typer.echo(f"rollback refused: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"[rollback] {model_name}@{move.alias}: version {move.from_version} -> "
+        f"{move.to_version} (run {move.run_id}, data {move.dataset_version}) by {move.by}"
+    )
+
+
+@app.command()
+def history(
+    model_name: str = "churn_model",
+    alias: Annotated[str | None, typer.Option(help="only this alias")] = None,
+) -> None:
+    """Every recorded alias move of a model: when, which versions, why, by whom."""
+    from ray_app import registry, tracking
+
+    tracking.configure()
+    for m in registry.alias_history(model_name, alias):
+        typer.echo(
+            f"{m.when}  {m.alias:<11} {m.from_version or '-':>4} -> {m.to_version:<4} "
+            f"by {m.by:<10} data {m.dataset_version or '-'}  {m.reason}"
+        )
+
+
 @contract_app.command("infer")
 def contract_infer(
     data: Annotated[Path, typer.Option(help="a trusted CSV/Parquet sample")],

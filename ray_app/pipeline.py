@@ -226,7 +226,9 @@ def train_and_register(
     version = registry.register(info.model_uri, name, tags={**lineage, "run_id": run_id})
     verdict = minimal_gate(metrics, thresholds(cfg.gates, name))
     if verdict.passed:
-        registry.set_alias(name, registry.PRODUCTION, version.version)
+        registry.move_alias(
+            name, registry.PRODUCTION, version.version, "; ".join(["gate passed", *verdict.reasons])
+        )
     step(
         f"[registry] {name} version {version.version}: gate "
         f"{'passed' if verdict.passed else 'FAILED'} ({'; '.join(verdict.reasons)})"

@@ -6,8 +6,12 @@ the same MLflow model folder, so whoever loads `models:/name@alias` gets both or
 
 from __future__ import annotations
 
+import datetime as dt
+import getpass
+import json
+import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
@@ -15,6 +19,7 @@ import mlflow.xgboost
 import pandas as pd
 import xgboost as xgb
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
@@ -24,6 +29,11 @@ from ray_app.features import FeatureSet
 MODEL_ARTIFACT = "model"
 FEATURES_FILE = "features.json"
 PRODUCTION = "production"
+AUDIT_PREFIX = "audit."
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done, with the reason."""
 
 
 @dataclass
@@ -59,8 +69,71 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
     return version
 
 
-def set_alias(name: str, alias: str, version: str) -> None:
-    MlflowClient().set_registered_model_alias(name, alias, version)
+@dataclass(frozen=True)
+class AliasMove:
+    """One audit entry: who moved which alias from which version to which, and why."""
+
+    when: str
+    alias: str
+    from_version: str | None
+    to_version: str
+    reason: str
+    by: str
+    run_id: str = ""
+    dataset_version: str = ""
+    gate_report: str = ""
+
+
+def move_alias(
+    name: str, alias: str, version: str | int, reason: str, gate_report: str = ""
+) -> AliasMove:
+    """Point an alias at a version and record the move on the registered model itself (a tag
+    `audit.<time>.<alias>`), so the history lives wherever the registry does."""
+    client = MlflowClient()
+    target = client.get_model_version(name, str(version))
+    try:
+        previous: str | None = str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        previous = None
+    client.set_registered_model_alias(name, alias, str(version))
+    now = dt.datetime.now(dt.timezone.utc)
+    entry = AliasMove(
+        when=now.isoformat(timespec="microseconds"),
+        alias=alias,
+        from_version=previous,
+        to_version=str(version),
+        reason=reason,
+        by=os.environ.get("RAYAPP_ACTOR") or getpass.getuser(),
+        run_id=target.run_id or "",
+        dataset_version=target.tags.get("dataset_version", ""),
+        gate_report=gate_report,
+    )
+    key = f"{AUDIT_PREFIX}{now:%Y%m%dT%H%M%S.%f}.{alias}"
+    client.set_registered_model_tag(name, key, json.dumps(asdict(entry)))
+    return entry
+
+
+def alias_history(name: str, alias: str | None = None) -> list[AliasMove]:
+    """Every recorded alias move of a model, oldest first."""
+    tags = MlflowClient().get_registered_model(name).tags
+    moves = [AliasMove(**json.loads(v)) for k, v in tags.items() if k.startswith(AUDIT_PREFIX)]
+    return sorted((m for m in moves if alias in (None, m.alias)), key=lambda m: m.when)
+
+
+def rollback(name: str, to: str | None = None, alias: str = PRODUCTION) -> AliasMove:
+    """Move `production` back: to `to`, or to the version it pointed at before its last move."""
+    current = str(version_for(name, alias).version)
+    if to is None:
+        earlier = [m for m in alias_history(name, alias) if m.to_version == current]
+        if not earlier or earlier[-1].from_version is None:
+            raise RegistryError(
+                f"{name}@{alias} is version {current} and no earlier version is recorded; "
+                "name one with --to"
+            )
+        to = earlier[-1].from_version
+    if str(to) == current:
+        raise RegistryError(f"{name}@{alias} already points at version {current}")
+    return move_alias(name, alias, to, reason=f"rollback from version {current}")
 
 
 def version_for(name: str, alias: str = PRODUCTION) -> ModelVersion:

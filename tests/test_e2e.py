@@ -3,6 +3,7 @@
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -185,3 +186,36 @@ def test_job_entry_points_parse_their_arguments(job, option):
         timeout=120,
     )
     assert out.returncode == 0 and option in out.stdout and "--config" in out.stdout
+
+
+def test_rollback_moves_production_back_and_the_service_follows(result, service, pipeline_config):
+    newer = pipeline.run(pipeline_config, data_version=result.dataset_version, log=lambda m: None)
+    assert newer.promoted
+    moves = registry.alias_history(result.model_name, registry.PRODUCTION)
+    assert moves[-1].to_version == newer.model_version and moves[-1].reason.startswith("gate")
+    assert moves[-1].run_id == newer.run_id and moves[-1].dataset_version == result.dataset_version
+    body = {"instances": pipeline.sample_request(result.model_name)["instances"]}
+    _wait_for_version(service, body, newer.model_version)
+
+    out = CliRunner().invoke(cli, ["rollback", "--model-name", result.model_name])
+    assert out.exit_code == 0, out.output
+    back = moves[-1].from_version
+    assert f"version {newer.model_version} -> {back}" in out.output
+    assert str(registry.version_for(result.model_name).version) == back
+    _wait_for_version(service, body, back)  # the same replica, reloaded in place
+
+    out = CliRunner().invoke(cli, ["rollback", "--model-name", result.model_name, "--to", back])
+    assert out.exit_code == 2 and "already points at version" in out.output
+    out = CliRunner().invoke(cli, ["history", "--model-name", result.model_name])
+    assert f"rollback from version {newer.model_version}" in out.output
+
+
+def _wait_for_version(url: str, body: dict, version: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    seen = None
+    while time.monotonic() < deadline:
+        seen = requests.post(f"{url}/predict", json=body, timeout=10).json()["model_version"]
+        if seen == version:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"service still answers with version {seen}, expected {version}")

@@ -292,7 +292,7 @@ def _finish(
     version = registry.register(
         info.model_uri, model_name, tags={**lineage, "run_id": best_run, "search": path.name}
     )
-    registry.set_alias(model_name, CANDIDATE, version.version)
+    registry.move_alias(model_name, CANDIDATE, version.version, f"best trial of search {path.name}")
     metric = best.metrics[search.metric]
     for key, value in {**test_metrics, f"best_{search.metric}": metric}.items():
         client.log_metric(parent, key, value)
