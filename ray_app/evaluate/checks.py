@@ -1,0 +1,195 @@
+"""The gate's checks, as pure functions of labels, probabilities and the rows they came from.
+
+Each returns `CheckResult`s that say what was measured, against which limit, and why it passed
+or failed, so the gate report can show a reason for every check. Limits come from
+`configs/gates.yaml` (see `gate.limits`); nothing here has a threshold of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from ray_app.evaluate.metrics import (
+    ACCURACY,
+    F1,
+    LOGLOSS,
+    PRECISION,
+    RECALL,
+    ROC_AUC,
+    classification_metrics,
+)
+
+PR_AUC = "pr_auc"
+LOWER_IS_BETTER = {LOGLOSS}
+
+
+@dataclass
+class CheckResult:
+    dimension: str  # quality, baseline, slices, calibration, champion, ...
+    name: str
+    passed: bool
+    reason: str
+    value: float | None = None
+    limit: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def full_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The named metrics at a threshold, plus PR-AUC and the confusion matrix."""
+    out: dict[str, Any] = classification_metrics(y, proba, threshold)
+    out[PR_AUC] = float(skm.average_precision_score(y, proba))
+    tn, fp, fn, tp = skm.confusion_matrix(y, proba >= threshold, labels=[0, 1]).ravel()
+    out["confusion"] = {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}
+    return out
+
+
+def choose_threshold(y_valid: np.ndarray, proba_valid: np.ndarray) -> float:
+    """The decision threshold that maximises F1 on validation data (never on test)."""
+    precision, recall, thresholds = skm.precision_recall_curve(y_valid, proba_valid)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def _floor(dimension: str, name: str, value: float, limit: float, higher: bool) -> CheckResult:
+    ok = value >= limit if higher else value <= limit
+    sign = (">=" if ok else "<") if higher else ("<=" if ok else ">")
+    word = "floor" if higher else "ceiling"
+    return CheckResult(
+        dimension, name, ok, f"{name} {value:.4f} {sign} {word} {limit:.4f}", value, limit
+    )
+
+
+def quality(metrics: dict[str, Any], limits: dict[str, float]) -> list[CheckResult]:
+    """`min_<metric>` floors and `max_<metric>` ceilings on the test metrics."""
+    out = []
+    for key, limit in limits.items():
+        bound, _, name = key.partition("_")
+        out.append(_floor("quality", name, float(metrics[name]), float(limit), bound == "min"))
+    return out
+
+
+def naive_baseline(y: np.ndarray, pred: np.ndarray, must_beat: list[str]) -> list[CheckResult]:
+    """The model must beat always predicting the majority class on each named metric (recall
+    and F1 by default): on imbalanced data that predictor's accuracy looks excellent."""
+    majority = int(np.mean(y) >= 0.5)
+    naive = np.full_like(y, majority)
+    scores = {
+        RECALL: lambda p: skm.recall_score(y, p, zero_division=0),
+        F1: lambda p: skm.f1_score(y, p, zero_division=0),
+        PRECISION: lambda p: skm.precision_score(y, p, zero_division=0),
+        ACCURACY: lambda p: skm.accuracy_score(y, p),
+    }
+    out = []
+    for name in must_beat:
+        model, base = float(scores[name](pred)), float(scores[name](naive))
+        ok = model > base
+        out.append(
+            CheckResult(
+                "baseline",
+                name,
+                ok,
+                f"{name} {model:.4f} {'>' if ok else '<='} majority-class predictor's {base:.4f}",
+                model,
+                base,
+            )
+        )
+    return out
+
+
+def slice_labels(frame: pd.DataFrame, column: str, bins: list[float] | None) -> pd.Series:
+    """Segment names for a slice column: its values, or bands of `bins` for numbers."""
+    if bins:
+        return pd.cut(frame[column], bins=bins, right=False).astype(str)
+    return frame[column].astype(str)
+
+
+def slices(
+    frame: pd.DataFrame,
+    y: np.ndarray,
+    proba: np.ndarray,
+    columns: list[str],
+    limits: dict[str, Any],
+) -> list[CheckResult]:
+    """`min_roc_auc` per segment of every slice column; segments too small to judge
+    (`min_rows`, or one class only) are reported and not failed."""
+    floor, min_rows = float(limits["min_roc_auc"]), int(limits.get("min_rows", 50))
+    out = []
+    for column in columns:
+        labels = slice_labels(frame, column, limits.get("bins", {}).get(column))
+        for segment in sorted(labels.unique()):
+            mask = (labels == segment).to_numpy()
+            name = f"{column}={segment}"
+            if mask.sum() < min_rows or len(np.unique(y[mask])) < 2:
+                reason = (
+                    f"{name}: {int(mask.sum())} rows, not judged (needs {min_rows}, both classes)"
+                )
+                out.append(
+                    CheckResult("slices", name, True, reason, details={"rows": int(mask.sum())})
+                )
+                continue
+            auc = float(skm.roc_auc_score(y[mask], proba[mask]))
+            result = _floor("slices", ROC_AUC, auc, floor, higher=True)
+            result.name, result.reason = name, f"{name}: {result.reason}"
+            result.details = {"rows": int(mask.sum())}
+            out.append(result)
+    return out
+
+
+def calibration(y: np.ndarray, proba: np.ndarray, limits: dict[str, Any]) -> CheckResult:
+    """Expected calibration error over equal-width bins, with the reliability curve."""
+    bins = int(limits.get("bins", 10))
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(proba, edges[1:-1]), 0, bins - 1)
+    ece, curve = 0.0, []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            predicted, observed = float(proba[mask].mean()), float(y[mask].mean())
+            ece += mask.mean() * abs(predicted - observed)
+            curve.append({"predicted": predicted, "observed": observed, "rows": int(mask.sum())})
+    result = _floor("calibration", "ece", float(ece), float(limits["max_ece"]), higher=False)
+    result.details = {"reliability": curve}
+    return result
+
+
+def champion(
+    challenger: dict[str, Any],
+    champ: dict[str, Any] | None,
+    champ_version: str | None,
+    limits: dict[str, Any],
+) -> list[CheckResult]:
+    """The candidate against the model behind `production` on the same test rows: better by
+    `min_improvement` on the primary metric, and not worse than `tolerance` on the others."""
+    if champ is None:
+        return [
+            CheckResult("champion", "champion", True, "no production model: absolute checks only")
+        ]
+    primary = limits["primary_metric"]
+    margin = float(limits.get("min_improvement", 0.0))
+    out = []
+    names = [primary, *limits.get("tolerance", {})]
+    for name in names:
+        sign = -1 if name in LOWER_IS_BETTER else 1
+        gain = sign * (float(challenger[name]) - float(champ[name]))
+        if name == primary:
+            ok, need = gain >= margin, f"needs +{margin:.4f}"
+        else:
+            allowed = float(limits["tolerance"][name])
+            ok, need = gain >= -allowed, f"may lose up to {allowed:.4f}"
+        out.append(
+            CheckResult(
+                "champion",
+                name,
+                ok,
+                f"{name} {challenger[name]:.4f} vs production v{champ_version} "
+                f"{champ[name]:.4f} (change {gain:+.4f}, {need})",
+                float(challenger[name]),
+                float(champ[name]),
+            )
+        )
+    return out

@@ -1,0 +1,115 @@
+"""The gate's checks against deliberately bad models, given as their predictions on real-shaped
+data: each bad model fails its check, and the reason says why."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ray_app.evaluate import checks
+
+
+def _world(n: int = 20_000, rate: float = 0.3, seed: int = 0):
+    """Labels drawn from known probabilities, so a perfectly calibrated model exists."""
+    rng = np.random.default_rng(seed)
+    logit = rng.normal(np.log(rate / (1 - rate)), 1.5, n)
+    truth = 1 / (1 + np.exp(-logit))
+    y = (rng.random(n) < truth).astype(int)
+    frame = pd.DataFrame(
+        {
+            "plan": rng.choice(["basic", "premium"], n, p=[0.85, 0.15]),
+            "age": rng.integers(18, 80, n),
+        }
+    )
+    return y, truth, frame
+
+
+def test_threshold_is_chosen_on_validation_to_maximise_f1():
+    y, truth, _ = _world()
+    threshold = checks.choose_threshold(y, truth)
+    f1 = lambda t: checks.full_metrics(y, truth, t)["f1"]  # noqa: E731
+    assert f1(threshold) >= max(f1(t) for t in (0.2, 0.3, 0.4, 0.5, 0.6)) - 1e-9
+
+
+def test_full_metrics_add_pr_auc_and_the_confusion_matrix():
+    m = checks.full_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]), 0.5)
+    assert m["confusion"] == {"tn": 1, "fp": 1, "fn": 1, "tp": 1}
+    assert 0 < m[checks.PR_AUC] <= 1
+
+
+def test_quality_floors_and_ceilings_name_the_metric():
+    results = checks.quality(
+        {"roc_auc": 0.7, "logloss": 0.5}, {"min_roc_auc": 0.8, "max_logloss": 0.6}
+    )
+    assert [r.passed for r in results] == [False, True]
+    assert results[0].reason == "roc_auc 0.7000 < floor 0.8000"
+
+
+def test_majority_class_model_fails_the_naive_baseline_despite_high_accuracy():
+    y, _, _ = _world(rate=0.05)
+    pred = np.zeros_like(y)  # "no churn" for everyone
+    assert (pred == y).mean() > 0.85
+    results = checks.naive_baseline(y, pred, ["recall", "f1"])
+    assert not any(r.passed for r in results)
+    assert "majority-class predictor" in results[0].reason
+
+
+def test_useful_model_beats_the_naive_baseline():
+    y, truth, _ = _world(rate=0.05)
+    pred = (truth >= checks.choose_threshold(y, truth)).astype(int)
+    assert all(r.passed for r in checks.naive_baseline(y, pred, ["recall", "f1"]))
+
+
+def test_a_segment_where_the_model_is_blind_fails_and_is_named():
+    y, truth, frame = _world()
+    proba = truth.copy()
+    blind = (frame.plan == "premium").to_numpy()
+    proba[blind] = np.random.default_rng(1).random(blind.sum())  # noise for premium customers
+    results = checks.slices(
+        frame, y, proba, ["plan", "age"], {"min_roc_auc": 0.7, "bins": {"age": [18, 40, 60, 81]}}
+    )
+    failed = [r for r in results if not r.passed]
+    assert [r.name for r in failed] == ["plan=premium"]
+    assert failed[0].reason.startswith("plan=premium: roc_auc 0.")
+    assert {r.name for r in results} >= {"age=[18, 40)", "age=[40, 60)", "age=[60, 81)"}
+
+
+def test_tiny_segments_are_reported_not_failed():
+    y, truth, frame = _world(n=2_000)
+    results = checks.slices(frame, y, truth, ["age"], {"min_roc_auc": 0.99, "min_rows": 10_000})
+    assert all(r.passed and "not judged" in r.reason for r in results)
+
+
+def test_miscalibrated_model_fails_calibration_with_its_curve():
+    y, truth, _ = _world()
+    good = checks.calibration(y, truth, {"max_ece": 0.05})
+    bad = checks.calibration(y, np.sqrt(truth), {"max_ece": 0.05})  # over-confident in churn
+    assert good.passed and not bad.passed
+    assert bad.reason.startswith("ece ") and "> ceiling 0.0500" in bad.reason
+    assert len(bad.details["reliability"]) >= 5
+
+
+@pytest.fixture
+def limits():
+    return {"primary_metric": "roc_auc", "min_improvement": 0.005, "tolerance": {"logloss": 0.01}}
+
+
+def _noisy(truth: np.ndarray) -> np.ndarray:
+    return np.clip(truth + np.random.default_rng(2).normal(0, 0.2, len(truth)), 0.001, 0.999)
+
+
+def test_worse_challenger_fails_against_the_champion(limits):
+    y, truth, _ = _world()
+    champ = checks.full_metrics(y, truth, 0.5)
+    challenger = checks.full_metrics(y, _noisy(truth), 0.5)
+    results = checks.champion(challenger, champ, "3", limits)
+    assert not results[0].passed and "vs production v3" in results[0].reason
+
+
+def test_better_challenger_passes_and_first_model_needs_no_champion(limits):
+    y, truth, _ = _world()
+    better, worse = checks.full_metrics(y, truth, 0.5), checks.full_metrics(y, _noisy(truth), 0.5)
+    assert all(r.passed for r in checks.champion(better, worse, "3", limits))
+    (first,) = checks.champion(better, None, None, limits)
+    assert first.passed and "no production model" in first.reason
