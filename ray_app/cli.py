@@ -124,6 +124,38 @@ def tune_command(
 
 
 @app.command()
+def gate(
+    run: Annotated[str, typer.Option(help="MLflow run id of the candidate model")],
+    config: ConfigOption = Path("configs/pipeline.yaml"),
+) -> None:
+    """Judge a candidate on every gate dimension; only a pass moves staging and production."""
+    from ray_app import tracking
+    from ray_app.config import load_pipeline_config, rayapp_home
+    from ray_app.evaluate.job import run_gate, write_local
+    from ray_app.runtime import init_ray
+
+    cfg = load_pipeline_config(config)
+    init_ray(None)
+    tracking.configure()
+    report, moves = run_gate(cfg, run)
+    by_dimension: dict[str, list] = {}
+    for r in report.results:
+        by_dimension.setdefault(r.dimension, []).append(r)
+    for dimension, results in by_dimension.items():
+        failed = [r for r in results if not r.passed]
+        status = "pass" if not failed else "FAIL"
+        detail = "; ".join(r.reason for r in failed) or f"{len(results)} checks"
+        typer.echo(f"[gate] {dimension:<11} {status}  {detail}")
+    page = write_local(report, rayapp_home() / "gate" / f"{report.model_name}-v{report.version}")
+    for m in moves:
+        typer.echo(
+            f"[gate] {report.model_name}@{m.alias}: {m.from_version or '-'} -> {m.to_version}"
+        )
+    typer.echo(f"[gate] {'PASSED' if report.passed else 'FAILED'}; report {page}")
+    raise typer.Exit(0 if report.passed else 1)
+
+
+@app.command()
 def rollback(
     to: Annotated[
         str | None, typer.Option(help="version (default: the previous production)")

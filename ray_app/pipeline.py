@@ -29,7 +29,7 @@ from ray_app.data.snapshot import Snapshot, find_snapshot, head, read_snapshot, 
 from ray_app.data.split import split_dataset
 from ray_app.data.store import open_store
 from ray_app.data.validate import validate
-from ray_app.evaluate.gate import minimal_gate, thresholds
+from ray_app.evaluate.job import run_gate
 from ray_app.evaluate.metrics import PROBA, classification_metrics, score
 from ray_app.serve.schema import to_records
 from ray_app.train import train, xgb_params
@@ -224,19 +224,12 @@ def train_and_register(
 
     name = cfg.tracking.model_name
     version = registry.register(info.model_uri, name, tags={**lineage, "run_id": run_id})
-    verdict = minimal_gate(metrics, thresholds(cfg.gates, name))
-    if verdict.passed:
-        registry.move_alias(
-            name, registry.PRODUCTION, version.version, "; ".join(["gate passed", *verdict.reasons])
-        )
+    report, moves = run_gate(cfg, run_id)
+    reasons = report.failures() or [f"{len(report.results)} checks passed"]
     step(
-        f"[registry] {name} version {version.version}: gate "
-        f"{'passed' if verdict.passed else 'FAILED'} ({'; '.join(verdict.reasons)})"
-        + (
-            f"; alias {registry.PRODUCTION!r} -> version {version.version}"
-            if verdict.passed
-            else ""
-        )
+        f"[gate] {name} version {version.version}: {'passed' if report.passed else 'FAILED'} "
+        f"({'; '.join(reasons)})"
+        + "".join(f"; alias {m.alias!r} -> version {m.to_version}" for m in moves)
     )
     return PipelineResult(
         snap.version,
@@ -245,8 +238,8 @@ def train_and_register(
         metrics,
         name,
         str(version.version),
-        verdict.passed,
-        verdict.reasons,
+        report.passed,
+        reasons,
     )
 
 

@@ -142,7 +142,10 @@ def version_for(name: str, alias: str = PRODUCTION) -> ModelVersion:
 
 def load(name: str, alias: str = PRODUCTION) -> LoadedModel:
     """Load the version an alias points at: its booster and its FeatureSet."""
-    version = version_for(name, alias).version
+    return load_version(name, str(version_for(name, alias).version))
+
+
+def load_version(name: str, version: str) -> LoadedModel:
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
     booster = xgb.Booster(model_file=str(local / "model.ubj"))
     features = FeatureSet.from_json((local / "extra_files" / FEATURES_FILE).read_text())

@@ -63,13 +63,14 @@ def list_snapshots(store: DataStore) -> list[Snapshot]:
     return sorted(found, key=lambda s: s.created, reverse=True)
 
 
-def find_snapshot(store: DataStore, version: str, contract: Contract) -> Snapshot:
-    """The snapshot of a data version, checked against the contract it must have been made with."""
+def find_snapshot(store: DataStore, version: str, contract: Contract | None) -> Snapshot:
+    """The snapshot of a data version, checked against the contract it must have been made
+    with (training); `None` reads it as it is (judging a model trained on it)."""
     if not store.is_file(version, META_FILE):
         known = ", ".join(s.version for s in list_snapshots(store)) or "none"
         raise DataError(f"no snapshot of data version {version!r} in {store.uri} (known: {known})")
     snap = Snapshot.load(store, version)
-    if snap.contract_hash != contract_hash(contract):
+    if contract is not None and snap.contract_hash != contract_hash(contract):
         raise DataError(
             f"snapshot {version} was validated against another version of contract "
             f"{snap.contract!r}; ingest the source again with this contract"

@@ -102,10 +102,14 @@ def naive_baseline(y: np.ndarray, pred: np.ndarray, must_beat: list[str]) -> lis
 
 
 def slice_labels(frame: pd.DataFrame, column: str, bins: list[float] | None) -> pd.Series:
-    """Segment names for a slice column: its values, or bands of `bins` for numbers."""
+    """Segment names for a slice column: its values, or bands for numbers (`bins` edges, or
+    quartiles when a numeric column has many values and no edges are configured)."""
+    values = frame[column]
     if bins:
-        return pd.cut(frame[column], bins=bins, right=False).astype(str)
-    return frame[column].astype(str)
+        return pd.cut(values, bins=bins, right=False).astype(str)
+    if pd.api.types.is_numeric_dtype(values) and values.nunique() > 10:
+        return pd.qcut(values, 4, duplicates="drop").astype(str)
+    return values.astype(str)
 
 
 def slices(

@@ -1,31 +1,22 @@
-"""The promotion gate: the only code that decides whether a model may take an alias.
-
-This is the spine's minimal gate (ROC-AUC at or above the configured floor); thresholds live
-in `configs/gates.yaml`, per registered model name with a `default` entry.
-"""
+"""Gate limits from `configs/gates.yaml`: per registered model name over a `default` entry.
+The checks are in `checks.py`, the gate job that applies them in `job.py`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ray_app.config import load_yaml
-from ray_app.evaluate.metrics import ROC_AUC
 
 
-@dataclass
-class Verdict:
-    passed: bool
-    reasons: list[str] = field(default_factory=list)
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) else value
+    return out
 
 
-def thresholds(gates_path: str | Path, model_name: str) -> dict[str, float]:
+def thresholds(gates_path: str | Path, model_name: str) -> dict[str, Any]:
+    """The model's limits: `default`, overridden key by key by the model's own entry."""
     gates = load_yaml(gates_path)
-    return {**gates.get("default", {}), **gates.get(model_name, {})}
-
-
-def minimal_gate(metrics: dict[str, float], limits: dict[str, float]) -> Verdict:
-    floor = float(limits["min_roc_auc"])
-    value = metrics[ROC_AUC]
-    ok = value >= floor
-    return Verdict(ok, [f"{ROC_AUC} {value:.4f} {'>=' if ok else '<'} floor {floor:.4f}"])
+    return _merge(gates.get("default", {}), gates.get(model_name, {}))
