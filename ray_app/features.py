@@ -41,7 +41,8 @@ class FeatureSet:
         return Contract.model_validate(self.contract)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
+        # Key order is feature order: sorting keys would reorder a model's columns on reload.
+        return json.dumps(asdict(self), indent=2, default=str)
 
     @classmethod
     def from_json(cls, text: str) -> FeatureSet:

@@ -95,3 +95,10 @@ def test_split_is_deterministic_disjoint_and_near_its_fractions(snapshot, contra
     shares = pd.Series(first).value_counts(normalize=True)
     for name, expected in zip(SPLITS, (0.7, 0.15, 0.15), strict=False):
         assert shares[name] == pytest.approx(expected, abs=0.03)
+
+
+def test_feature_order_survives_the_json_round_trip():
+    fs = features.FeatureSet(
+        contract={}, numeric=["z"], categorical={"plan": ["a"], "contract": ["b"]}
+    )
+    assert features.FeatureSet.from_json(fs.to_json()).feature_names == ["z", "plan", "contract"]
