@@ -113,3 +113,26 @@ def test_better_challenger_passes_and_first_model_needs_no_champion(limits):
     assert all(r.passed for r in checks.champion(better, worse, "3", limits))
     (first,) = checks.champion(better, None, None, limits)
     assert first.passed and "no production model" in first.reason
+
+
+FAIRNESS = {"demographic_parity_ratio": [0.8, 1.25], "min_equalized_odds_ratio": 0.7}
+
+
+def test_model_biased_against_one_group_fails_fairness():
+    y, truth, frame = _world()
+    frame["gender"] = np.random.default_rng(3).choice(["female", "male"], len(y))
+    fair = (truth >= 0.5).astype(int)
+    biased = fair.copy()
+    biased[(frame.gender == "female").to_numpy()] = 0  # never flags women
+    assert all(r.passed for r in checks.fairness(frame, y, fair, ["gender"], FAIRNESS))
+    results = checks.fairness(frame, y, biased, ["gender"], FAIRNESS)
+    assert [r.passed for r in results] == [False, False]
+    assert results[0].reason.startswith("gender: demographic parity ratio 0.000 outside")
+    assert "selection rate female 0.000" in results[0].reason
+
+
+def test_fairness_skips_groups_too_small_to_judge():
+    y, truth, frame = _world(n=1_000)
+    frame["gender"] = ["other"] * 50 + ["female"] * 950
+    results = checks.fairness(frame, y, (truth >= 0.5).astype(int), ["gender"], FAIRNESS)
+    assert len(results) == 1 and results[0].passed and "not judged" in results[0].reason

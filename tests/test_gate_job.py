@@ -50,7 +50,7 @@ def test_first_model_passes_every_dimension_and_goes_through_staging(good):
     path = mlflow.artifacts.download_artifacts(run_id=good.run_id, artifact_path="gate/gate.json")
     report = json.loads(Path(path).read_text())
     dimensions = {r["dimension"] for r in report["results"]}
-    assert dimensions == {"quality", "baseline", "slices", "calibration", "champion"}
+    assert dimensions == {"quality", "baseline", "slices", "fairness", "calibration", "champion"}
     assert 0 < report["threshold"] < 1
 
 
@@ -68,7 +68,7 @@ def test_gate_command_prints_a_verdict_per_dimension(worse, cfg, tmp_path):
     config.write_text(json.dumps(json.loads(cfg.model_dump_json())))  # JSON is YAML
     out = CliRunner().invoke(cli, ["gate", "--run", worse.run_id, "--config", str(config)])
     assert out.exit_code == 1, out.output
-    for dimension in ("quality", "baseline", "slices", "calibration", "champion"):
+    for dimension in ("quality", "baseline", "slices", "fairness", "calibration", "champion"):
         assert f"[gate] {dimension}" in out.output
     assert "[gate] champion    FAIL" in out.output and "FAILED; report" in out.output
     assert str(registry.version_for(MODEL).version) != worse.model_version

@@ -144,6 +144,78 @@ def slices(
     return out
 
 
+def fairness(
+    frame: pd.DataFrame,
+    y: np.ndarray,
+    pred: np.ndarray,
+    columns: list[str],
+    limits: dict[str, Any],
+) -> list[CheckResult]:
+    """Fairlearn `MetricFrame` per sensitive column: the demographic parity ratio (lowest over
+    highest selection rate between groups) within its band, and the equalized-odds ratio (the
+    lower of the TPR and FPR ratios) above its floor. Groups under `min_rows` are left out."""
+    from fairlearn.metrics import (
+        MetricFrame,
+        false_positive_rate,
+        selection_rate,
+        true_positive_rate,
+    )
+
+    low, high = (float(v) for v in limits["demographic_parity_ratio"])
+    eo_floor, min_rows = float(limits["min_equalized_odds_ratio"]), int(limits.get("min_rows", 100))
+    out = []
+    for column in limits.get("columns") or columns:
+        groups = frame[column].astype("string").fillna("missing").to_numpy(dtype=object)
+        counts = pd.Series(groups).value_counts()
+        judged = counts[counts >= min_rows].index
+        mask = np.isin(groups, judged)
+        if len(judged) < 2:
+            reason = f"{column}: fewer than two groups with {min_rows} rows, not judged"
+            out.append(CheckResult("fairness", column, True, reason, details=counts.to_dict()))
+            continue
+        mf = MetricFrame(
+            metrics={
+                "selection_rate": selection_rate,
+                "tpr": true_positive_rate,
+                "fpr": false_positive_rate,
+            },
+            y_true=y[mask],
+            y_pred=pred[mask],
+            sensitive_features=groups[mask],
+        )
+        ratio = mf.ratio()
+        rates = ", ".join(f"{g} {v:.3f}" for g, v in mf.by_group["selection_rate"].items())
+        details = {"by_group": mf.by_group.to_dict(), "rows": counts.to_dict()}
+        dp = float(ratio["selection_rate"])
+        ok = low <= dp <= high
+        out.append(
+            CheckResult(
+                "fairness",
+                f"{column} demographic parity",
+                ok,
+                f"{column}: demographic parity ratio {dp:.3f} {'within' if ok else 'outside'} "
+                f"[{low}, {high}] (selection rate {rates})",
+                dp,
+                low,
+                details,
+            )
+        )
+        eo = float(min(ratio["tpr"], ratio["fpr"]))
+        ok = eo >= eo_floor
+        out.append(
+            CheckResult(
+                "fairness",
+                f"{column} equalized odds",
+                ok,
+                f"{column}: equalized-odds ratio {eo:.3f} {'>=' if ok else '<'} floor {eo_floor}",
+                eo,
+                eo_floor,
+                details,
+            )
+        )
+    return out
+
+
 def calibration(y: np.ndarray, proba: np.ndarray, limits: dict[str, Any]) -> CheckResult:
     """Expected calibration error over equal-width bins, with the reliability curve."""
     bins = int(limits.get("bins", 10))

@@ -86,12 +86,14 @@ def evaluate(cfg: PipelineConfig, run_id: str) -> GateReport:
     proba = _proba(candidate, frames["test"])
     threshold = checks.choose_threshold(y["valid"], _proba(candidate, frames["valid"]))
     metrics = checks.full_metrics(y["test"], proba, threshold)
+    pred = (proba >= threshold).astype(int)
     results = [
         *checks.quality(metrics, limits["quality"]),
-        *checks.naive_baseline(
-            y["test"], (proba >= threshold).astype(int), limits["baseline"]["must_beat"]
-        ),
+        *checks.naive_baseline(y["test"], pred, limits["baseline"]["must_beat"]),
         *checks.slices(frames["test"], y["test"], proba, contract.slice_columns, limits["slices"]),
+        *checks.fairness(
+            frames["test"], y["test"], pred, contract.sensitive_columns, limits["fairness"]
+        ),
         checks.calibration(y["test"], proba, limits["calibration"]),
     ]
     champ_metrics, champ_version = None, None
