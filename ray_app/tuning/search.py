@@ -273,6 +273,13 @@ def _finish(
     best = _best(results, search)
     trial_id = best.metrics["trial_id"]
     experiment = tracking.experiment_id(cfg.tracking.experiment)
+    # A trial started by a driver that died before Tune saved it is not in the restored
+    # state; its run is closed as such (the searcher ran another trial in its place).
+    for run in client.search_runs(
+        [experiment], f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'"
+    ):
+        client.set_tag(run.info.run_id, "outcome", "lost: its driver died before Tune saved it")
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
     best_run = child_run(experiment, parent, trial_id)
     if best_run is None:
         raise RuntimeError(f"trial {trial_id} has no MLflow run under parent {parent}")
