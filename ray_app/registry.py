@@ -11,7 +11,7 @@ import getpass
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -42,6 +42,7 @@ class LoadedModel:
     version: str
     booster: xgb.Booster
     features: FeatureSet
+    tags: dict[str, str] = field(default_factory=dict)  # the model version's tags
 
 
 def log_model(
@@ -149,4 +150,5 @@ def load_version(name: str, version: str) -> LoadedModel:
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
     booster = xgb.Booster(model_file=str(local / "model.ubj"))
     features = FeatureSet.from_json((local / "extra_files" / FEATURES_FILE).read_text())
-    return LoadedModel(name, str(version), booster, features)
+    tags = MlflowClient().get_model_version(name, str(version)).tags
+    return LoadedModel(name, str(version), booster, features, dict(tags))

@@ -91,8 +91,26 @@ def test_prediction_over_http(result, service):
     body = response.json()
     assert (body["model_name"], body["model_version"]) == (result.model_name, result.model_version)
     assert len(body["predictions"]) == len(sample["instances"])
+    gate_threshold = float(registry.version_for(result.model_name).tags["threshold"])
+    assert body["threshold"] == pytest.approx(gate_threshold)  # the gate's, not 0.5
     for p in body["predictions"]:
-        assert 0.0 < p["probability"] < 1.0 and p["label"] in (0, 1)
+        assert 0.0 < p["probability"] < 1.0
+        assert p["label"] == int(p["probability"] >= body["threshold"])
+
+
+def test_explain_names_the_features_behind_each_prediction(result, service):
+    sample = pipeline.sample_request(result.model_name)
+    response = requests.post(f"{service}/explain?top_k=3", json=sample, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    predicted = requests.post(f"{service}/predict", json=sample, timeout=30).json()
+    features = set(registry.load(result.model_name).features.feature_names)
+    for row, prediction in zip(body["explanations"], predicted["predictions"], strict=True):
+        assert row["probability"] == pytest.approx(prediction["probability"])
+        assert len(row["contributions"]) == 3
+        assert {c["feature"] for c in row["contributions"]} <= features
+    bad = requests.post(f"{service}/explain?top_k=0", json=sample, timeout=30)
+    assert bad.status_code == 422 and "top_k" in bad.json()["detail"]
 
 
 def test_bad_requests_get_422_naming_the_field_and_service_keeps_serving(result, service):

@@ -10,7 +10,7 @@ runtime as a real annotation, not a string it would look up in module globals.
 
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from ray_app import registry
 from ray_app.features import FeatureSet
 from ray_app.serve.model import ModelServer
-from ray_app.serve.schema import PredictResponse, request_models
+from ray_app.serve.schema import ExplainResponse, PredictResponse, records, request_models
 
 
 class AppArgs(BaseModel):
@@ -67,8 +67,15 @@ class Ingress:
 
         @api.post("/predict", response_model=PredictResponse)
         async def predict(request: PredictRequest) -> dict[str, Any]:  # type: ignore[valid-type]
-            records = [i.model_dump(by_alias=True) for i in request.instances]
-            return await self.model.predict.remote(records)
+            return await self.model.predict.remote(records(request))
+
+        @api.post("/explain", response_model=ExplainResponse)
+        async def explain(
+            request: PredictRequest,  # type: ignore[valid-type]
+            top_k: int = Query(5, ge=1, le=len(fs.feature_names), description="features per row"),
+        ) -> dict[str, Any]:
+            """Each row's prediction and the features that moved it most (SHAP, log-odds)."""
+            return await self.model.explain.remote(records(request), top_k)
 
         @api.get("/healthz")
         async def healthz() -> dict[str, str]:

@@ -63,7 +63,31 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     model_name: str
     model_version: str
+    threshold: float = Field(description="probability at or above which the label is positive")
     predictions: list[Prediction]
+
+
+class Contribution(BaseModel):
+    feature: str
+    value: Any = Field(description="the feature's value in this row")
+    contribution: float = Field(description="SHAP value, in log-odds")
+
+
+class Explanation(Prediction):
+    base_value: float = Field(description="the model's mean output, in log-odds")
+    contributions: list[Contribution] = Field(description="largest absolute SHAP values first")
+
+
+class ExplainResponse(BaseModel):
+    model_name: str
+    model_version: str
+    threshold: float
+    explanations: list[Explanation]
+
+
+def records(request: BaseModel) -> list[dict[str, Any]]:
+    """A validated request's instances as raw records keyed by column name."""
+    return [i.model_dump(by_alias=True) for i in request.instances]  # type: ignore[attr-defined]
 
 
 def to_records(df: pd.DataFrame, contract: Contract) -> list[dict[str, Any]]:
