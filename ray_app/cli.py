@@ -131,7 +131,7 @@ def gate(
     """Judge a candidate on every gate dimension; only a pass moves staging and production."""
     from ray_app import tracking
     from ray_app.config import load_pipeline_config, rayapp_home
-    from ray_app.evaluate.job import run_gate, write_local
+    from ray_app.evaluate.job import run_gate, write_files
     from ray_app.runtime import init_ray
 
     cfg = load_pipeline_config(config)
@@ -146,7 +146,7 @@ def gate(
         status = "pass" if not failed else "FAIL"
         detail = "; ".join(r.reason for r in failed) or f"{len(results)} checks"
         typer.echo(f"[gate] {dimension:<11} {status}  {detail}")
-    page = write_local(report, rayapp_home() / "gate" / f"{report.model_name}-v{report.version}")
+    page = write_files(report, rayapp_home() / "gate" / f"{report.model_name}-v{report.version}")
     for m in moves:
         typer.echo(
             f"[gate] {report.model_name}@{m.alias}: {m.from_version or '-'} -> {m.to_version}"

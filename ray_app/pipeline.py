@@ -70,7 +70,7 @@ def log_model_artifacts(
     mlflow.log_figure(ax.figure, "feature_importance.png")
     plt.close(ax.figure)
     mlflow.log_text(fs.to_json(), "preprocessor/features.json")
-    mlflow.log_dict(json.loads(cfg.model_dump_json()), "config/pipeline.json")
+    mlflow.log_dict(json.loads(cfg.model_dump_json()), tracking.CONFIG_ARTIFACT)
     mlflow.log_dict({"instances": sample}, SAMPLE_REQUEST)
 
 

@@ -11,6 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from ray_app.config import rayapp_home
 
+CONFIG_ARTIFACT = "config/pipeline.json"  # the run's PipelineConfig, as logged
+
 
 def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI` if set, else an absolute SQLite store under `$RAYAPP_HOME`.

@@ -3,7 +3,9 @@ data home, the churn contract and built-in data files."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,28 @@ def pipeline_config():
     from ray_app.config import load_pipeline_config
 
     return load_pipeline_config(ROOT / "configs" / "pipeline.yaml")
+
+
+class SlowBooster:
+    """A booster that takes `delay` seconds longer per prediction: the deliberately slow model."""
+
+    def __init__(self, booster, delay: float):
+        self.booster, self.delay = booster, delay
+
+    def inplace_predict(self, data):
+        time.sleep(self.delay)
+        return self.booster.inplace_predict(data)
+
+    def __getattr__(self, name):
+        return getattr(self.booster, name)
+
+
+@pytest.fixture(scope="session")
+def slowed():
+    """`slowed(model, delay)`: the same LoadedModel, `delay` seconds slower per prediction."""
+    from ray_app.registry import LoadedModel
+
+    def slow(model: LoadedModel, delay: float) -> LoadedModel:
+        return dataclasses.replace(model, booster=SlowBooster(model.booster, delay))
+
+    return slow

@@ -113,6 +113,8 @@ def test_better_challenger_passes_and_first_model_needs_no_champion(limits):
     assert all(r.passed for r in checks.champion(better, worse, "3", limits))
     (first,) = checks.champion(better, None, None, limits)
     assert first.passed and "no production model" in first.reason
+    (itself,) = checks.champion(better, None, "4", limits)
+    assert itself.passed and "is production v4 itself" in itself.reason
 
 
 FAIRNESS = {"demographic_parity_ratio": [0.8, 1.25], "min_equalized_odds_ratio": 0.7}
@@ -136,3 +138,73 @@ def test_fairness_skips_groups_too_small_to_judge():
     frame["gender"] = ["other"] * 50 + ["female"] * 950
     results = checks.fairness(frame, y, (truth >= 0.5).astype(int), ["gender"], FAIRNESS)
     assert len(results) == 1 and results[0].passed and "not judged" in results[0].reason
+
+
+def test_fairness_criteria_can_be_chosen_per_column():
+    y, truth, frame = _world()
+    frame["gender"] = np.random.default_rng(3).choice(["female", "male"], len(y))
+    pred = (truth >= 0.5).astype(int)
+    limits = {**FAIRNESS, "columns": {"gender": ["equalized_odds"], "plan": ["demographic_parity"]}}
+    results = checks.fairness(frame, y, pred, [], limits)
+    assert [r.name for r in results] == ["gender equalized odds", "plan demographic parity"]
+    with pytest.raises(ValueError, match="fairness.columns.gender: unknown"):
+        checks.fairness(frame, y, pred, [], {**FAIRNESS, "columns": {"gender": ["parity"]}})
+
+
+ROBUSTNESS = {
+    "seed": 0,
+    "noise": {"std": 0.1, "max_drop": {"roc_auc": 0.03}},
+    "missing": {"fraction": 0.2, "max_drop": {"roc_auc": 0.05}},
+}
+
+
+def _robustness(score):
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame(
+        {"visits": rng.integers(0, 200, 5_000), "plan": rng.choice(["a", "b"], 5_000)}
+    )
+    y = (frame.visits % 2).to_numpy()
+    columns = {"numeric": ["visits"], "inputs": ["visits", "plan"]}
+    return checks.robustness(frame, y, score, 0.5, columns, ROBUSTNESS)
+
+
+def test_model_that_memorised_exact_values_fails_robustness():
+    def fragile(frame: pd.DataFrame) -> np.ndarray:  # right only on the exact values it saw
+        return np.where(frame.visits % 2 == 1, 0.9, 0.1)
+
+    results = _robustness(fragile)
+    assert [r.name for r in results] == ["noise std 0.1: roc_auc", "20% missing: roc_auc"]
+    assert [r.passed for r in results] == [False, False]
+    assert "under noise std 0.1 against 1.0000 clean" in results[0].reason
+    assert "> allowed 0.0300" in results[0].reason
+
+
+def test_model_with_smooth_response_passes_robustness():
+    def smooth(frame: pd.DataFrame) -> np.ndarray:
+        return 1 / (1 + np.exp(-(frame.visits.fillna(100) - 100) / 30))
+
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"visits": rng.integers(0, 200, 5_000), "plan": "a"})
+    y = (rng.random(5_000) < smooth(frame)).astype(int)
+    columns = {"numeric": ["visits"], "inputs": ["visits", "plan"]}
+    results = checks.robustness(frame, y, smooth, 0.5, columns, ROBUSTNESS)
+    assert all(r.passed for r in results), [r.reason for r in results]
+
+
+def test_model_leaning_on_a_leaked_label_fails_explainability():
+    import xgboost as xgb
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(4_000, 4))
+    y = (x[:, 0] + x[:, 1] + rng.normal(0, 1, 4_000) > 0).astype(int)
+    leak = y + rng.normal(0, 0.01, 4_000)
+    names = ["a", "b", "c", "d", "refund_issued"]
+    limits = {"max_top_feature_share": 0.6}
+    for data, leaked in ((x, False), (np.column_stack([x, leak]), True)):
+        cols = names[: data.shape[1]]
+        booster = xgb.train({"max_depth": 3}, xgb.DMatrix(data, y, feature_names=cols), 30)
+        contribs = booster.predict(xgb.DMatrix(data, feature_names=cols), pred_contribs=True)
+        result = checks.explainability(checks.global_importance(contribs, cols), limits)
+        assert result.passed is not leaked, result.reason
+    assert result.reason.startswith("refund_issued carries top feature share 0.9")
+    assert [i["feature"] for i in result.details["importance"]][0] == "refund_issued"

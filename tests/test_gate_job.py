@@ -3,6 +3,7 @@ is stopped with its reasons, and the report is logged to the candidate's run."""
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -13,8 +14,22 @@ from typer.testing import CliRunner
 
 from ray_app import pipeline, registry, tracking
 from ray_app.cli import app as cli
+from ray_app.config import SplitConfig, load_yaml
+from ray_app.evaluate import job
+from ray_app.evaluate.report import render_html
 
 MODEL = "gate_model"
+DIMENSIONS = (
+    "quality",
+    "baseline",
+    "slices",
+    "fairness",
+    "calibration",
+    "robustness",
+    "explainability",
+    "latency",
+    "champion",
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +64,21 @@ def test_first_model_passes_every_dimension_and_goes_through_staging(good):
     assert client.get_run(good.run_id).data.tags["gate"] == "passed"
     path = mlflow.artifacts.download_artifacts(run_id=good.run_id, artifact_path="gate/gate.json")
     report = json.loads(Path(path).read_text())
-    dimensions = {r["dimension"] for r in report["results"]}
-    assert dimensions == {"quality", "baseline", "slices", "fairness", "calibration", "champion"}
+    assert {r["dimension"] for r in report["results"]} == set(DIMENSIONS)
     assert 0 < report["threshold"] < 1
+    version = client.get_model_version(MODEL, good.model_version)
+    assert float(version.tags["threshold"]) == pytest.approx(report["threshold"], abs=1e-6)
+    files = {a.path for a in client.list_artifacts(good.run_id, "gate")}
+    assert files == {
+        f"gate/{f}" for f in ("gate.json", "gate.html", "reliability.png", "shap_summary.png")
+    }
+    page = Path(
+        mlflow.artifacts.download_artifacts(run_id=good.run_id, artifact_path="gate/gate.html")
+    )
+    html = page.read_text()
+    assert html.count("src='data:image/png;base64,") == 2
+    for section in ("Robustness", "Explainability", "Latency", "mean |SHAP|", "p99 ms"):
+        assert section in html
 
 
 def test_worse_model_is_stopped_and_aliases_stay(good, worse):
@@ -68,7 +95,36 @@ def test_gate_command_prints_a_verdict_per_dimension(worse, cfg, tmp_path):
     config.write_text(json.dumps(json.loads(cfg.model_dump_json())))  # JSON is YAML
     out = CliRunner().invoke(cli, ["gate", "--run", worse.run_id, "--config", str(config)])
     assert out.exit_code == 1, out.output
-    for dimension in ("quality", "baseline", "slices", "fairness", "calibration", "champion"):
+    for dimension in DIMENSIONS:
         assert f"[gate] {dimension}" in out.output
     assert "[gate] champion    FAIL" in out.output and "FAILED; report" in out.output
     assert str(registry.version_for(MODEL).version) != worse.model_version
+
+
+def test_slow_model_fails_latency_in_the_gate_and_the_report_says_why(
+    good, cfg, monkeypatch, tmp_path, slowed
+):
+    gates = tmp_path / "gates.yaml"
+    limits = load_yaml(cfg.gates)
+    limits[MODEL] = {"latency": {"requests": 10, "warmup": 1}}
+    gates.write_text(json.dumps(limits))
+    real_load = registry.load_version
+
+    def slow_load(name: str, version: str) -> registry.LoadedModel:
+        return slowed(real_load(name, version), delay=0.12)
+
+    monkeypatch.setattr(registry, "load_version", slow_load)
+    report = job.evaluate(cfg.model_copy(update={"gates": gates}), good.run_id)
+    failed = [r for r in report.results if not r.passed]
+    assert {r.dimension for r in failed} == {"latency"}, report.failures()
+    assert "batch of 1: p95 1" in failed[0].reason and "> SLA 100 ms" in failed[0].reason
+    assert html.escape(failed[0].reason) in render_html(report)
+
+
+def test_gate_judges_a_run_on_the_split_it_was_trained_with(good, cfg):
+    other = cfg.data.model_copy(update={"split": SplitConfig(train=0.5, valid=0.25, test=0.25)})
+    report = job.evaluate(cfg.model_copy(update={"data": other}), good.run_id)
+    logged = mlflow.artifacts.load_dict(f"runs:/{good.run_id}/config/pipeline.json")
+    assert logged["data"]["split"]["test"] == 0.15
+    rows = sum(report.metrics["confusion"].values())
+    assert 0.13 < rows / 20_000 < 0.17  # 15% of the data version, not 25%

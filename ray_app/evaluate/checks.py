@@ -1,12 +1,14 @@
 """The gate's checks, as pure functions of labels, probabilities and the rows they came from.
 
-Each returns `CheckResult`s that say what was measured, against which limit, and why it passed
+Robustness takes the scoring function itself, so it can feed it perturbed rows. Each returns
+`CheckResult`s that say what was measured, against which limit, and why it passed
 or failed, so the gate report can show a reason for every check. Limits come from
 `configs/gates.yaml` (see `gate.limits`); nothing here has a threshold of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,8 @@ from ray_app.evaluate.metrics import (
 )
 
 PR_AUC = "pr_auc"
+DEMOGRAPHIC_PARITY, EQUALIZED_ODDS = "demographic_parity", "equalized_odds"
+FAIRNESS_CRITERIA = (DEMOGRAPHIC_PARITY, EQUALIZED_ODDS)
 LOWER_IS_BETTER = {LOGLOSS}
 
 
@@ -153,7 +157,9 @@ def fairness(
 ) -> list[CheckResult]:
     """Fairlearn `MetricFrame` per sensitive column: the demographic parity ratio (lowest over
     highest selection rate between groups) within its band, and the equalized-odds ratio (the
-    lower of the TPR and FPR ratios) above its floor. Groups under `min_rows` are left out."""
+    lower of the TPR and FPR ratios) above its floor. Groups under `min_rows` are left out.
+    `limits["columns"]` picks the columns: a list (both criteria), or a mapping from column to
+    the criteria that apply to it, for groups whose base rates truly differ."""
     from fairlearn.metrics import (
         MetricFrame,
         false_positive_rate,
@@ -163,8 +169,15 @@ def fairness(
 
     low, high = (float(v) for v in limits["demographic_parity_ratio"])
     eo_floor, min_rows = float(limits["min_equalized_odds_ratio"]), int(limits.get("min_rows", 100))
+    chosen = limits.get("columns") or columns
+    criteria = chosen if isinstance(chosen, dict) else dict.fromkeys(chosen, FAIRNESS_CRITERIA)
     out = []
-    for column in limits.get("columns") or columns:
+    for column, judged_on in criteria.items():
+        unknown = set(judged_on) - set(FAIRNESS_CRITERIA)
+        if unknown:
+            raise ValueError(
+                f"fairness.columns.{column}: unknown {sorted(unknown)}; use {FAIRNESS_CRITERIA}"
+            )
         groups = frame[column].astype("string").fillna("missing").to_numpy(dtype=object)
         counts = pd.Series(groups).value_counts()
         judged = counts[counts >= min_rows].index
@@ -186,33 +199,27 @@ def fairness(
         ratio = mf.ratio()
         rates = ", ".join(f"{g} {v:.3f}" for g, v in mf.by_group["selection_rate"].items())
         details = {"by_group": mf.by_group.to_dict(), "rows": counts.to_dict()}
-        dp = float(ratio["selection_rate"])
-        ok = low <= dp <= high
-        out.append(
-            CheckResult(
-                "fairness",
+        dp, eo = float(ratio["selection_rate"]), float(min(ratio["tpr"], ratio["fpr"]))
+        dp_ok, eo_ok = low <= dp <= high, eo >= eo_floor
+        verdicts = {
+            DEMOGRAPHIC_PARITY: (
                 f"{column} demographic parity",
-                ok,
-                f"{column}: demographic parity ratio {dp:.3f} {'within' if ok else 'outside'} "
-                f"[{low}, {high}] (selection rate {rates})",
+                dp_ok,
+                f"{column}: demographic parity ratio {dp:.3f} "
+                f"{'within' if dp_ok else 'outside'} [{low}, {high}] (selection rate {rates})",
                 dp,
                 low,
-                details,
-            )
-        )
-        eo = float(min(ratio["tpr"], ratio["fpr"]))
-        ok = eo >= eo_floor
-        out.append(
-            CheckResult(
-                "fairness",
+            ),
+            EQUALIZED_ODDS: (
                 f"{column} equalized odds",
-                ok,
-                f"{column}: equalized-odds ratio {eo:.3f} {'>=' if ok else '<'} floor {eo_floor}",
+                eo_ok,
+                f"{column}: equalized-odds ratio {eo:.3f} "
+                f"{'>=' if eo_ok else '<'} floor {eo_floor}",
                 eo,
                 eo_floor,
-                details,
-            )
-        )
+            ),
+        }
+        out += [CheckResult("fairness", *verdicts[c], details) for c in judged_on]
     return out
 
 
@@ -242,9 +249,12 @@ def champion(
     """The candidate against the model behind `production` on the same test rows: better by
     `min_improvement` on the primary metric, and not worse than `tolerance` on the others."""
     if champ is None:
-        return [
-            CheckResult("champion", "champion", True, "no production model: absolute checks only")
-        ]
+        reason = (
+            f"the candidate is production v{champ_version} itself: absolute checks only"
+            if champ_version
+            else "no production model: absolute checks only"
+        )
+        return [CheckResult("champion", "champion", True, reason)]
     primary = limits["primary_metric"]
     margin = float(limits.get("min_improvement", 0.0))
     out = []
@@ -266,6 +276,122 @@ def champion(
                 f"{champ[name]:.4f} (change {gain:+.4f}, {need})",
                 float(challenger[name]),
                 float(champ[name]),
+            )
+        )
+    return out
+
+
+def add_noise(
+    frame: pd.DataFrame, columns: list[str], std: float, rng: np.random.Generator
+) -> pd.DataFrame:
+    """Gaussian noise of `std` times each numeric column's own spread; integers stay whole."""
+    out = frame.copy()
+    for name in columns:
+        values = pd.to_numeric(out[name], errors="coerce").astype(float)
+        noisy = values + rng.normal(0.0, std * float(values.std() or 1.0), len(values))
+        out[name] = noisy.round() if pd.api.types.is_integer_dtype(frame[name]) else noisy
+    return out
+
+
+def drop_values(
+    frame: pd.DataFrame, columns: list[str], fraction: float, rng: np.random.Generator
+) -> pd.DataFrame:
+    """Each cell of `columns` made missing with probability `fraction`."""
+    out = frame.copy()
+    for name in columns:
+        out[name] = out[name].mask(rng.random(len(out)) < fraction)
+    return out
+
+
+def robustness(
+    frame: pd.DataFrame,
+    y: np.ndarray,
+    score: Callable[[pd.DataFrame], np.ndarray],
+    threshold: float,
+    columns: dict[str, list[str]],
+    limits: dict[str, Any],
+) -> list[CheckResult]:
+    """Metrics under Gaussian noise on the numeric inputs (`columns["numeric"]`) and under
+    randomly missing inputs (`columns["inputs"]`), each against the clean rows: a metric may
+    fall by at most its configured `max_drop`. Seeded, so a gate's verdict is repeatable."""
+    rng = np.random.default_rng(int(limits.get("seed", 0)))
+    noise, missing = limits["noise"], limits["missing"]
+    perturbed = {
+        f"noise std {noise['std']}": (
+            noise,
+            add_noise(frame, columns["numeric"], float(noise["std"]), rng),
+        ),
+        f"{missing['fraction']:.0%} missing": (
+            missing,
+            drop_values(frame, columns["inputs"], float(missing["fraction"]), rng),
+        ),
+    }
+    clean = classification_metrics(y, score(frame), threshold)
+    out = []
+    for what, (conf, rows) in perturbed.items():
+        shaken = classification_metrics(y, score(rows), threshold)
+        for name, allowed in conf["max_drop"].items():
+            sign = -1 if name in LOWER_IS_BETTER else 1
+            drop = sign * (clean[name] - shaken[name])
+            ok = drop <= float(allowed)
+            out.append(
+                CheckResult(
+                    "robustness",
+                    f"{what}: {name}",
+                    ok,
+                    f"{name} {shaken[name]:.4f} under {what} against {clean[name]:.4f} clean "
+                    f"(drop {drop:.4f} {'<=' if ok else '>'} allowed {float(allowed):.4f})",
+                    shaken[name],
+                    clean[name] - sign * float(allowed),
+                    {"clean": clean[name], "perturbed": shaken[name]},
+                )
+            )
+    return out
+
+
+def global_importance(contribs: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
+    """Mean absolute SHAP value per feature and its share of the total, largest first."""
+    mean_abs = np.abs(contribs[:, :-1]).mean(axis=0)
+    total = float(mean_abs.sum()) or 1.0
+    order = np.argsort(-mean_abs, kind="stable")
+    return [
+        {"feature": names[i], "mean_abs_shap": float(mean_abs[i]), "share": mean_abs[i] / total}
+        for i in order
+    ]
+
+
+def explainability(importance: list[dict[str, Any]], limits: dict[str, Any]) -> CheckResult:
+    """No single feature may carry more than `max_top_feature_share` of the model's total
+    attribution: one that does is the usual sign of a label leak or an ID the model memorised."""
+    top = importance[0]
+    result = _floor(
+        "explainability",
+        "top feature share",
+        float(top["share"]),
+        float(limits["max_top_feature_share"]),
+        higher=False,
+    )
+    result.reason = f"{top['feature']} carries {result.reason}"
+    result.details = {"importance": importance}
+    return result
+
+
+def latency(measured: dict[int, dict[str, float]], limits: dict[str, Any]) -> list[CheckResult]:
+    """p95 of the serving path per batch size against the SLA (`max_p95_ms`)."""
+    sla = float(limits["max_p95_ms"])
+    out = []
+    for batch, q in measured.items():
+        ok = q["p95"] <= sla
+        out.append(
+            CheckResult(
+                "latency",
+                f"batch of {batch}",
+                ok,
+                f"batch of {batch}: p95 {q['p95']:.1f} ms {'<=' if ok else '>'} SLA {sla:.0f} ms "
+                f"(p50 {q['p50']:.1f}, p99 {q['p99']:.1f})",
+                q["p95"],
+                sla,
+                q,
             )
         )
     return out

@@ -8,25 +8,30 @@ Passing moves `staging`, then `production` (per `promotion`); failing moves noth
 
 from __future__ import annotations
 
-import contextlib
 import json
-from dataclasses import asdict, dataclass
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ray_app import features, registry
-from ray_app.config import PipelineConfig
+from ray_app.config import PipelineConfig, SplitConfig
+from ray_app.data.contract import NUMERIC_TYPES
 from ray_app.data.snapshot import find_snapshot, read_snapshot
 from ray_app.data.split import split_dataset
 from ray_app.data.store import open_store
-from ray_app.evaluate import checks
+from ray_app.evaluate import checks, latency, plots
 from ray_app.evaluate.gate import thresholds
 from ray_app.evaluate.report import render_html
+from ray_app.serve.predictor import THRESHOLD_TAG, Predictor, shap_values
+from ray_app.tracking import CONFIG_ARTIFACT
 
 STAGING = "staging"
 REPORT_DIR = "gate"
@@ -42,6 +47,7 @@ class GateReport:
     metrics: dict[str, Any]
     champion_version: str | None
     results: list[checks.CheckResult]
+    figures: dict[str, bytes] = field(default_factory=dict, repr=False)  # name -> PNG
 
     @property
     def passed(self) -> bool:
@@ -51,7 +57,9 @@ class GateReport:
         return [f"{r.dimension}: {r.reason}" for r in self.results if not r.passed]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        out = {**asdict(self), "passed": self.passed}
+        del out["figures"]
+        return out
 
 
 def _version_of_run(name: str, run_id: str) -> str:
@@ -61,16 +69,56 @@ def _version_of_run(name: str, run_id: str) -> str:
     return str(max(int(v.version) for v in found))
 
 
-def _frames(cfg: PipelineConfig, dataset_version: str, fs: features.FeatureSet) -> dict:
+def _split_of_run(cfg: PipelineConfig, run_id: str) -> SplitConfig:
+    """The split the run was trained with (its logged config), so its test rows are the ones
+    it never saw even if `data.split` has changed since; the current one for runs without it."""
+    try:
+        logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/{CONFIG_ARTIFACT}")
+    except (MlflowException, OSError):
+        return cfg.data.split
+    return SplitConfig.model_validate(logged["data"]["split"])
+
+
+def _frames(
+    cfg: PipelineConfig, run_id: str, dataset_version: str, fs: features.FeatureSet
+) -> dict[str, pd.DataFrame]:
     """Validation and test rows of the run's data version, as raw columns."""
     contract = fs.parsed_contract()
     snap = find_snapshot(open_store(cfg.data.store), dataset_version, None)
-    splits = split_dataset(read_snapshot(snap), contract.id_column, cfg.data.split)
+    splits = split_dataset(read_snapshot(snap), contract.id_column, _split_of_run(cfg, run_id))
     return {k: splits[k].to_pandas() for k in ("valid", "test")}
 
 
-def _proba(model: registry.LoadedModel, frame: pd.DataFrame) -> np.ndarray:
-    return model.booster.inplace_predict(features.transform(frame, model.features))
+def _scorer(model: registry.LoadedModel) -> Callable[[pd.DataFrame], np.ndarray]:
+    return lambda frame: model.booster.inplace_predict(features.transform(frame, model.features))
+
+
+def _explain(
+    model: registry.LoadedModel, test: pd.DataFrame, limits: dict[str, Any]
+) -> tuple[checks.CheckResult, bytes]:
+    """Global SHAP importance on a sample of test rows: the check and the summary plot."""
+    sample = test.sample(min(len(test), int(limits["sample_rows"])), random_state=0)
+    frame = features.transform(sample, model.features)
+    contribs = shap_values(model.booster, frame)
+    importance = checks.global_importance(contribs, model.features.feature_names)
+    png = plots.shap_summary(contribs, frame, model.features.categorical)
+    return checks.explainability(importance, limits), png
+
+
+def _champion(
+    name: str, version: str, frames: dict[str, pd.DataFrame], y: dict[str, np.ndarray]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The production model's test metrics at its own validation threshold, if there is one
+    other than the candidate."""
+    try:
+        champ_version = str(registry.version_for(name).version)
+    except MlflowException:  # no production model yet
+        return None, None
+    if champ_version == version:
+        return None, champ_version
+    score = _scorer(registry.load_version(name, champ_version))
+    threshold = checks.choose_threshold(y["valid"], score(frames["valid"]))
+    return checks.full_metrics(y["test"], score(frames["test"]), threshold), champ_version
 
 
 def evaluate(cfg: PipelineConfig, run_id: str) -> GateReport:
@@ -80,40 +128,56 @@ def evaluate(cfg: PipelineConfig, run_id: str) -> GateReport:
     candidate = registry.load_version(name, version)
     contract = candidate.features.parsed_contract()
     dataset_version = MlflowClient().get_run(run_id).data.tags["dataset_version"]
-    frames = _frames(cfg, dataset_version, candidate.features)
+    frames = _frames(cfg, run_id, dataset_version, candidate.features)
+    test = frames["test"]
     limits = thresholds(cfg.gates, name)
     y = {k: features.encode_label(f, contract) for k, f in frames.items()}
-    proba = _proba(candidate, frames["test"])
-    threshold = checks.choose_threshold(y["valid"], _proba(candidate, frames["valid"]))
+    score = _scorer(candidate)
+    proba = score(test)
+    threshold = checks.choose_threshold(y["valid"], score(frames["valid"]))
     metrics = checks.full_metrics(y["test"], proba, threshold)
     pred = (proba >= threshold).astype(int)
+    numeric = [c for c in contract.input_columns if contract.columns[c].type in NUMERIC_TYPES]
+    explained, shap_png = _explain(candidate, test, limits["explainability"])
+    timing = limits["latency"]
+    measured = latency.measure(
+        Predictor.of(candidate, threshold),
+        test,
+        timing["batch_sizes"],
+        int(timing["requests"]),
+        int(timing["warmup"]),
+    )
+    calibration = checks.calibration(y["test"], proba, limits["calibration"])
     results = [
         *checks.quality(metrics, limits["quality"]),
         *checks.naive_baseline(y["test"], pred, limits["baseline"]["must_beat"]),
-        *checks.slices(frames["test"], y["test"], proba, contract.slice_columns, limits["slices"]),
-        *checks.fairness(
-            frames["test"], y["test"], pred, contract.sensitive_columns, limits["fairness"]
+        *checks.slices(test, y["test"], proba, contract.slice_columns, limits["slices"]),
+        *checks.fairness(test, y["test"], pred, contract.sensitive_columns, limits["fairness"]),
+        calibration,
+        *checks.robustness(
+            test,
+            y["test"],
+            score,
+            threshold,
+            {"numeric": numeric, "inputs": contract.input_columns},
+            limits["robustness"],
         ),
-        checks.calibration(y["test"], proba, limits["calibration"]),
+        explained,
+        *checks.latency(measured, timing),
     ]
-    champ_metrics, champ_version = None, None
-    with contextlib.suppress(MlflowException):  # no production model yet
-        champ_version = str(registry.version_for(name).version)
-    if champ_version is not None and champ_version != version:
-        champ = registry.load_version(name, champ_version)
-        champ_valid = _proba(champ, frames["valid"])
-        champ_threshold = checks.choose_threshold(y["valid"], champ_valid)
-        champ_metrics = checks.full_metrics(
-            y["test"], _proba(champ, frames["test"]), champ_threshold
-        )
+    champ_metrics, champ_version = _champion(name, version, frames, y)
     results += checks.champion(
         metrics,
         champ_metrics,
         champ_version,
         {**limits["champion"], "primary_metric": limits["primary_metric"]},
     )
+    figures = {
+        "reliability": plots.reliability(calibration.details["reliability"]),
+        "shap_summary": shap_png,
+    }
     return GateReport(
-        name, version, run_id, dataset_version, threshold, metrics, champ_version, results
+        name, version, run_id, dataset_version, threshold, metrics, champ_version, results, figures
     )
 
 
@@ -121,11 +185,12 @@ def run_gate(cfg: PipelineConfig, run_id: str) -> tuple[GateReport, list[registr
     """Evaluate, log the report to the candidate's run, and move aliases only on a pass."""
     report = evaluate(cfg, run_id)
     client = MlflowClient()
-    client.log_dict(run_id, report.to_dict(), f"{REPORT_DIR}/gate.json")
-    client.log_text(run_id, render_html(report), f"{REPORT_DIR}/gate.html")
+    with tempfile.TemporaryDirectory() as folder:
+        write_files(report, Path(folder))
+        client.log_artifacts(run_id, folder, REPORT_DIR)
     client.set_tag(run_id, "gate", "passed" if report.passed else "failed")
     client.set_model_version_tag(
-        report.model_name, report.version, "threshold", f"{report.threshold:.6f}"
+        report.model_name, report.version, THRESHOLD_TAG, f"{report.threshold:.6f}"
     )
     if not report.passed:
         return report, []
@@ -140,10 +205,12 @@ def run_gate(cfg: PipelineConfig, run_id: str) -> tuple[GateReport, list[registr
     return report, moves
 
 
-def write_local(report: GateReport, folder: Path) -> Path:
-    """The report as files, for a person at a terminal."""
+def write_files(report: GateReport, folder: Path) -> Path:
+    """The report as files: gate.json, gate.html (figures inline) and each figure as a PNG."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "gate.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    for name, png in report.figures.items():
+        (folder / f"{name}.png").write_bytes(png)
     page = folder / "gate.html"
     page.write_text(render_html(report))
     return page

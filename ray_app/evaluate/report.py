@@ -1,36 +1,37 @@
-"""The gate report as one self-contained HTML page: verdict, every check with its reason,
-the confusion matrix and the reliability curve (an inline PNG, so the page opens anywhere)."""
+"""The gate report as one self-contained HTML page: the verdict, every check with its reason,
+the confusion matrix, and the figures inline (PNG), so the page opens anywhere, offline."""
 
 from __future__ import annotations
 
 import base64
 import html
-import io
-from typing import TYPE_CHECKING
-
-import matplotlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ray_app.evaluate.checks import CheckResult
     from ray_app.evaluate.job import GateReport
 
+IMPORTANCE_ROWS = 10
+esc = html.escape
 
-def _reliability_png(curve: list[dict]) -> str:
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
-    ax.plot([p["predicted"] for p in curve], [p["observed"] for p in curve], "o-", label="model")
-    ax.set(xlabel="predicted probability", ylabel="observed rate", title="reliability")
-    ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+def _img(png: bytes | None, alt: str) -> str:
+    if png is None:
+        return ""
+    return f"<img alt='{esc(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _of(report: GateReport, dimension: str) -> list[CheckResult]:
+    return [r for r in report.results if r.dimension == dimension]
 
 
 def render_html(report: GateReport) -> str:
-    esc = html.escape
     verdict = "PASSED" if report.passed else "FAILED"
     rows = "\n".join(
         f"<tr class='{'ok' if r.passed else 'bad'}'><td>{esc(r.dimension)}</td>"
@@ -41,10 +42,34 @@ def render_html(report: GateReport) -> str:
     m = report.metrics
     c = m["confusion"]
     scalar = " ".join(f"<li>{esc(k)}: {v:.4f}</li>" for k, v in m.items() if isinstance(v, float))
-    curve = next(r.details["reliability"] for r in report.results if r.dimension == "calibration")
+    robustness = _table(
+        ["perturbation: metric", "clean", "perturbed", "limit"],
+        [
+            [r.name, f"{r.details['clean']:.4f}", f"{r.value:.4f}", f"{r.limit:.4f}"]
+            for r in _of(report, "robustness")
+        ],
+    )
+    importance = [
+        [i["feature"], f"{i['mean_abs_shap']:.4f}", f"{i['share']:.1%}"]
+        for r in _of(report, "explainability")
+        for i in r.details["importance"][:IMPORTANCE_ROWS]
+    ]
+    timing = _table(
+        ["batch", "p50 ms", "p95 ms", "p99 ms", "requests"],
+        [
+            [
+                r.name,
+                f"{r.details['p50']:.1f}",
+                f"{r.value:.1f}",
+                f"{r.details['p99']:.1f}",
+                r.details["requests"],
+            ]
+            for r in _of(report, "latency")
+        ],
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Gate {esc(report.model_name)} v{report.version}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.bad td{{background:#fdecea}}
 .ok td{{background:#f1f8e9}}</style></head><body>
 <h1>Gate: {esc(report.model_name)} version {report.version}: {verdict}</h1>
@@ -58,6 +83,14 @@ decision threshold {report.threshold:.4f} (chosen on validation), champion:
 <tr><th>actual 0</th><td>{c["tn"]}</td><td>{c["fp"]}</td></tr>
 <tr><th>actual 1</th><td>{c["fn"]}</td><td>{c["tp"]}</td></tr></table>
 <h2>Calibration</h2>
-<img alt="reliability curve" src="data:image/png;base64,{_reliability_png(curve)}">
+{_img(report.figures.get("reliability"), "reliability curve")}
+<h2>Robustness</h2>{robustness}
+<h2>Explainability</h2>
+<p>SHAP values from XGBoost's TreeSHAP on a sample of test rows, in log-odds.</p>
+{_table(["feature", "mean |SHAP|", "share"], importance)}
+{_img(report.figures.get("shap_summary"), "SHAP summary")}
+<h2>Latency</h2>
+<p>The serving path in-process: validate the JSON body, build features, predict, respond.</p>
+{timing}
 </body></html>
 """

@@ -1,0 +1,69 @@
+"""Latency of the real serving code path, measured in-process for the gate.
+
+One call is what a replica does for one HTTP request, less the network: parse and validate
+the JSON body against the contract's request model, build features, predict, and serialise
+the response. Ray Serve's routing is left out on purpose: it does not depend on the model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from ray_app.serve.predictor import Predictor
+from ray_app.serve.schema import PredictResponse, records, request_models, to_records
+
+BODIES = 16  # distinct request bodies per batch size, cycled, so no single row is favoured
+
+
+def serving_call(predictor: Predictor) -> Callable[[bytes], bytes]:
+    """The replica's work for one request body, as one function."""
+    _, request_model = request_models(predictor.model.features.parsed_contract())
+
+    def call(body: bytes) -> bytes:
+        request = request_model.model_validate_json(body)
+        answer = predictor.predict(records(request))
+        return PredictResponse.model_validate(answer).model_dump_json().encode()
+
+    return call
+
+
+def measure(
+    predictor: Predictor,
+    rows: pd.DataFrame,
+    batch_sizes: list[int],
+    requests: int,
+    warmup: int,
+    seed: int = 0,
+) -> dict[int, dict[str, float]]:
+    """p50, p95 and p99 in milliseconds of `requests` timed calls per batch size, after
+    `warmup` untimed ones; bodies are drawn from `rows` (raw rows of the contract)."""
+    contract = predictor.model.features.parsed_contract()
+    call = serving_call(predictor)
+    out = {}
+    for size in batch_sizes:
+        bodies = [
+            json.dumps(
+                {
+                    "instances": to_records(
+                        rows.sample(size, replace=size > len(rows), random_state=seed + i),
+                        contract,
+                    )
+                }
+            ).encode()
+            for i in range(BODIES)
+        ]
+        for i in range(warmup):
+            call(bodies[i % BODIES])
+        times = np.empty(requests)
+        for i in range(requests):
+            start = time.perf_counter()
+            call(bodies[i % BODIES])
+            times[i] = (time.perf_counter() - start) * 1000
+        p50, p95, p99 = np.percentile(times, [50, 95, 99])
+        out[size] = {"p50": float(p50), "p95": float(p95), "p99": float(p99), "requests": requests}
+    return out
