@@ -74,6 +74,7 @@ bench: install
 	$(BIN)/python -m bench.validate_bench
 	$(BIN)/python -m bench.profile_bench
 	$(BIN)/python -m bench.tune_bench
+	$(BIN)/python -m bench.serving_bench
 
 lint: install
 	$(BIN)/ruff check ray_app jobs tests bench
