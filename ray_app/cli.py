@@ -144,8 +144,9 @@ def gate(
     for dimension, results in by_dimension.items():
         failed = [r for r in results if not r.passed]
         status = "pass" if not failed else "FAIL"
-        detail = "; ".join(r.reason for r in failed) or f"{len(results)} checks"
-        typer.echo(f"[gate] {dimension:<11} {status}  {detail}")
+        shown = failed or (results if len(results) <= 2 else [])
+        detail = "; ".join(r.reason for r in shown) or f"{len(results)} checks"
+        typer.echo(f"[gate] {dimension:<14} {status}  {detail}")
     page = write_files(report, rayapp_home() / "gate" / f"{report.model_name}-v{report.version}")
     for m in moves:
         typer.echo(

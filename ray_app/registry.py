@@ -92,10 +92,7 @@ def move_alias(
     `audit.<time>.<alias>`), so the history lives wherever the registry does."""
     client = MlflowClient()
     target = client.get_model_version(name, str(version))
-    try:
-        previous: str | None = str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        previous = None
+    previous = aliased_version(name, alias)
     client.set_registered_model_alias(name, alias, str(version))
     now = dt.datetime.now(dt.timezone.utc)
     entry = AliasMove(
@@ -135,6 +132,14 @@ def rollback(name: str, to: str | None = None, alias: str = PRODUCTION) -> Alias
     if str(to) == current:
         raise RegistryError(f"{name}@{alias} already points at version {current}")
     return move_alias(name, alias, to, reason=f"rollback from version {current}")
+
+
+def aliased_version(name: str, alias: str = PRODUCTION) -> str | None:
+    """The version an alias points at, or None when it points nowhere (or the model is new)."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
 
 
 def version_for(name: str, alias: str = PRODUCTION) -> ModelVersion:

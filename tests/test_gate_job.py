@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -97,7 +98,7 @@ def test_gate_command_prints_a_verdict_per_dimension(worse, cfg, tmp_path):
     assert out.exit_code == 1, out.output
     for dimension in DIMENSIONS:
         assert f"[gate] {dimension}" in out.output
-    assert "[gate] champion    FAIL" in out.output and "FAILED; report" in out.output
+    assert re.search(r"\[gate\] champion +FAIL", out.output) and "FAILED; report" in out.output
     assert str(registry.version_for(MODEL).version) != worse.model_version
 
 
@@ -121,9 +122,12 @@ def test_slow_model_fails_latency_in_the_gate_and_the_report_says_why(
     assert html.escape(failed[0].reason) in render_html(report)
 
 
-def test_gate_judges_a_run_on_the_split_it_was_trained_with(good, cfg):
+def test_regating_production_judges_its_training_split_and_moves_nothing(good, cfg):
     other = cfg.data.model_copy(update={"split": SplitConfig(train=0.5, valid=0.25, test=0.25)})
-    report = job.evaluate(cfg.model_copy(update={"data": other}), good.run_id)
+    history = registry.alias_history(MODEL)
+    report, moves = job.run_gate(cfg.model_copy(update={"data": other}), good.run_id)
+    assert report.passed and moves == [] and registry.alias_history(MODEL) == history
+    assert f"production v{good.model_version} itself" in report.results[-1].reason
     logged = mlflow.artifacts.load_dict(f"runs:/{good.run_id}/config/pipeline.json")
     assert logged["data"]["split"]["test"] == 0.15
     rows = sum(report.metrics["confusion"].values())

@@ -110,11 +110,8 @@ def _champion(
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The production model's test metrics at its own validation threshold, if there is one
     other than the candidate."""
-    try:
-        champ_version = str(registry.version_for(name).version)
-    except MlflowException:  # no production model yet
-        return None, None
-    if champ_version == version:
+    champ_version = registry.aliased_version(name)
+    if champ_version in (None, version):
         return None, champ_version
     score = _scorer(registry.load_version(name, champ_version))
     threshold = checks.choose_threshold(y["valid"], score(frames["valid"]))
@@ -201,6 +198,7 @@ def run_gate(cfg: PipelineConfig, run_id: str) -> tuple[GateReport, list[registr
     moves = [
         registry.move_alias(report.model_name, alias, report.version, "gate passed", where)
         for alias in aliases
+        if registry.aliased_version(report.model_name, alias) != report.version
     ]
     return report, moves
 
