@@ -1,5 +1,7 @@
 """End to end on a local Ray: built-in data, pipeline, MLflow, registry, Serve, HTTP."""
 
+import copy
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -7,13 +9,14 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
 from ray import serve
 from typer.testing import CliRunner
 
-from ray_app import pipeline, registry, tracking
+from ray_app import features, pipeline, registry, tracking
 from ray_app.cli import app as cli
 from ray_app.data import synth
 from ray_app.serve.app import app_builder
@@ -133,7 +136,8 @@ def test_bad_requests_get_422_naming_the_field_and_service_keeps_serving(result,
         timeout=30,
     )
     assert malformed.status_code == 422 and "body" in malformed.json()["detail"]
-    assert requests.get(f"{service}/healthz", timeout=10).json() == {"status": "ok"}
+    health = requests.get(f"{service}/healthz", timeout=10).json()
+    assert health["status"] == "ok" and health["model_version"] == result.model_version
 
 
 def test_openapi_docs_show_the_contract(service):
@@ -226,6 +230,35 @@ def test_rollback_moves_production_back_and_the_service_follows(result, service,
     assert out.exit_code == 2 and "already points at version" in out.output
     out = CliRunner().invoke(cli, ["history", "--model-name", result.model_name])
     assert f"rollback from version {newer.model_version}" in out.output
+
+
+def test_a_version_with_another_request_schema_waits_for_a_redeploy(result, service):
+    name = result.model_name
+    serving = registry.load(name)
+    contract = copy.deepcopy(serving.features.contract)
+    contract["columns"]["age"]["max"] = 90  # another contract: requests validate differently
+    narrower = dataclasses.replace(serving.features, contract=contract)
+    sample = pipeline.sample_request(name)
+    example = features.transform(pd.DataFrame(sample["instances"]), narrower)
+    with mlflow.start_run():
+        info = registry.log_model(serving.booster, narrower, example, {})
+    other = registry.register(info.model_uri, name, {})
+    registry.move_alias(name, registry.PRODUCTION, other.version, "test: another contract")
+    try:
+        deadline, health = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and not health.get("held_back"):
+            time.sleep(0.5)
+            health = requests.get(f"{service}/healthz", timeout=10).json()
+        assert health["held_back"]["version"] == str(other.version), health
+        assert "redeploy" in health["held_back"]["reason"]
+        answer = requests.post(f"{service}/predict", json=sample, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model_version"] == serving.version
+    finally:
+        registry.move_alias(name, registry.PRODUCTION, serving.version, "test: restore")
+    deadline = time.monotonic() + 30
+    while requests.get(f"{service}/healthz", timeout=10).json()["held_back"]:
+        assert time.monotonic() < deadline, "held-back version still reported"
+        time.sleep(0.5)
 
 
 def _wait_for_version(url: str, body: dict, version: str, timeout_s: float = 30) -> None:

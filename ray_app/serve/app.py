@@ -78,8 +78,9 @@ class Ingress:
             return await self.model.explain.remote(records(request), top_k)
 
         @api.get("/healthz")
-        async def healthz() -> dict[str, str]:
-            return {"status": "ok"}
+        async def healthz() -> dict[str, Any]:
+            """Liveness, the version answering, and a version held back, if any."""
+            return {"status": "ok", **await self.model.status.remote()}
 
         return api
 

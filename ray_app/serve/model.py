@@ -2,9 +2,10 @@
 
 The replica follows its alias: a background thread asks the registry every `poll_s` seconds
 which version the alias points at and, when it moved (a promotion, `rayapp rollback`), loads
-the new version and swaps it in whole, without restarting the replica. `reconfigure` (Serve's
-`user_config`) sets the alias, the poll interval and, optionally, a decision threshold that
-overrides the one the gate chose for each version.
+the new version and swaps it in whole, without restarting the replica. A version whose request
+schema differs from the deployed one is held back (reported by `/healthz`) until a redeploy.
+`reconfigure` (Serve's `user_config`) sets the alias, the poll interval and, optionally, a
+decision threshold that overrides the one the gate chose for each version.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ray import serve
 
 from ray_app import registry, tracking
 from ray_app.serve.predictor import Predictor
+from ray_app.serve.schema import request_schema
 
 logger = logging.getLogger("ray.serve")
 
@@ -28,6 +30,7 @@ class ModelServer:
         self.model_name, self.alias, self.poll_s = model_name, alias, poll_s
         self.threshold: float | None = None  # None: each version's gate threshold
         self.served = self._load()
+        self.held_back: dict[str, str] = {}  # a version the alias points at but not served
         self._stop = threading.Event()
         threading.Thread(target=self._follow_alias, name="follow-alias", daemon=True).start()
 
@@ -43,9 +46,30 @@ class ModelServer:
 
     def _refresh(self) -> None:
         current = str(registry.version_for(self.model_name, self.alias).version)
-        if current != self.served.model.version:
-            self.served = self._load()
-            logger.info("%s@%s is now version %s", self.model_name, self.alias, current)
+        if current == self.served.model.version:
+            self.held_back = {}  # the alias came back to what is served
+            return
+        if current == self.held_back.get("version"):
+            return
+        loaded = self._load()
+        if request_schema(loaded.model.features) != request_schema(self.served.model.features):
+            # The ingress validates requests with the schema it was deployed with; answering
+            # them with a model of another contract would fail, so this version must wait.
+            self.held_back = {
+                "version": loaded.model.version,
+                "reason": "its request schema differs from the deployed one; redeploy "
+                "(serve deploy) to serve it",
+            }
+            logger.error(
+                "%s@%s: not serving version %s: %s",
+                self.model_name,
+                self.alias,
+                loaded.model.version,
+                self.held_back["reason"],
+            )
+            return
+        self.served, self.held_back = loaded, {}
+        logger.info("%s@%s is now version %s", self.model_name, self.alias, current)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         threshold = user_config.get("threshold")
@@ -57,6 +81,15 @@ class ModelServer:
 
     def __del__(self) -> None:
         self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        """What this replica serves, and any version it holds back."""
+        return {
+            "model_name": self.model_name,
+            "alias": self.alias,
+            "model_version": self.served.model.version,
+            "held_back": self.held_back or None,
+        }
 
     def features(self) -> str:
         """The served model's FeatureSet as JSON (the ingress builds its schema from it)."""

@@ -14,6 +14,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ray_app.data.contract import ColumnSpec, Contract
+from ray_app.features import FeatureSet
 
 MAX_INSTANCES = 10_000
 _PY_TYPES: dict[str, Any] = {
@@ -53,6 +54,12 @@ def request_models(contract: Contract) -> tuple[type[BaseModel], type[BaseModel]
         instances=(list[instance], Field(..., min_length=1, max_length=MAX_INSTANCES)),
     )
     return instance, request
+
+
+def request_schema(fs: FeatureSet) -> dict[str, Any]:
+    """The JSON schema a model's requests are validated against: equal for two models means
+    one ingress can serve both."""
+    return request_models(fs.parsed_contract())[1].model_json_schema()
 
 
 class Prediction(BaseModel):
