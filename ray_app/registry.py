@@ -119,7 +119,8 @@ def alias_history(name: str, alias: str | None = None) -> list[AliasMove]:
 
 
 def rollback(name: str, to: str | None = None, alias: str = PRODUCTION) -> AliasMove:
-    """Move `production` back: to `to`, or to the version it pointed at before its last move."""
+    """Move `production` back: to `to`, or to the version it pointed at before its last move.
+    Only versions that were in production before qualify, so the gate is never bypassed."""
     current = str(version_for(name, alias).version)
     if to is None:
         earlier = [m for m in alias_history(name, alias) if m.to_version == current]
@@ -131,6 +132,12 @@ def rollback(name: str, to: str | None = None, alias: str = PRODUCTION) -> Alias
         to = earlier[-1].from_version
     if str(to) == current:
         raise RegistryError(f"{name}@{alias} already points at version {current}")
+    if not any(m.to_version == str(to) for m in alias_history(name, alias)):
+        # Only the gate puts a new version in production; rollback may not bypass it.
+        raise RegistryError(
+            f"{name} version {to} has never been {alias}; only versions that were can be "
+            "rolled back to (a new one goes through `rayapp gate`)"
+        )
     return move_alias(name, alias, to, reason=f"rollback from version {current}")
 
 

@@ -89,6 +89,8 @@ def test_worse_model_is_stopped_and_aliases_stay(good, worse):
     assert str(registry.version_for(MODEL).version) == good.model_version
     assert str(registry.version_for(MODEL, "staging").version) == good.model_version
     assert MlflowClient().get_run(worse.run_id).data.tags["gate"] == "failed"
+    with pytest.raises(registry.RegistryError, match="has never been production"):
+        registry.rollback(MODEL, to=worse.model_version)  # no way round the gate
 
 
 def test_gate_command_prints_a_verdict_per_dimension(worse, cfg, tmp_path):
