@@ -76,15 +76,29 @@ def transform(df: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
     unseen categories become NaN, which XGBoost treats as missing."""
     out: dict[str, np.ndarray] = {}
     for name in fs.numeric:
-        out[name] = pd.to_numeric(df[name], errors="coerce").to_numpy(np.float32, na_value=np.nan)
+        out[name] = _numbers(df[name]).to_numpy(np.float32, na_value=np.nan)
     for name, values in fs.categorical.items():
-        codes = {v: float(i) for i, v in enumerate(values)}
-        out[name] = df[name].map(codes).to_numpy(np.float32, na_value=np.nan)
+        codes = pd.Index(values).get_indexer(df[name]).astype(np.float32)
+        codes[codes < 0] = np.nan  # -1: null, or a category not in the vocabulary
+        out[name] = codes
     for d in fs.derived:
-        start = pd.to_datetime(df[d["start"]], errors="coerce")
-        end = pd.to_datetime(df[d["end"]], errors="coerce")
-        out[d["name"]] = (end - start).dt.days.to_numpy(np.float32, na_value=np.nan)
+        days = (_dates(df[d["end"]]) - _dates(df[d["start"]])).dt.days
+        out[d["name"]] = days.to_numpy(np.float32, na_value=np.nan)
     return pd.DataFrame(out, index=df.index)
+
+
+# Conversions only where needed: on the few rows of a request, pandas' per-call overhead is
+# most of the cost of serving.
+def _numbers(column: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(column):
+        return column
+    return pd.to_numeric(column, errors="coerce")
+
+
+def _dates(column: pd.Series) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return column
+    return pd.to_datetime(column, errors="coerce")
 
 
 def encode_label(df: pd.DataFrame, contract: Contract) -> np.ndarray:
