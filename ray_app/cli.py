@@ -129,15 +129,22 @@ def gate(
     config: ConfigOption = Path("configs/pipeline.yaml"),
 ) -> None:
     """Judge a candidate on every gate dimension; only a pass moves staging and production."""
-    from ray_app import tracking
+    from mlflow.exceptions import MlflowException
+
+    from ray_app import registry, tracking
     from ray_app.config import load_pipeline_config, rayapp_home
+    from ray_app.data.ingest import DataError
     from ray_app.evaluate.job import run_gate, write_files
     from ray_app.runtime import init_ray
 
     cfg = load_pipeline_config(config)
     init_ray(None)
     tracking.configure()
-    report, moves = run_gate(cfg, run)
+    try:
+        report, moves = run_gate(cfg, run)
+    except (registry.RegistryError, DataError, MlflowException) as e:
+        typer.echo(f"gate refused: {e}", err=True)
+        raise typer.Exit(2) from None
     by_dimension: dict[str, list] = {}
     for r in report.results:
         by_dimension.setdefault(r.dimension, []).append(r)

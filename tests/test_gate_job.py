@@ -104,6 +104,16 @@ def test_gate_command_prints_a_verdict_per_dimension(worse, cfg, tmp_path):
     assert str(registry.version_for(MODEL).version) != worse.model_version
 
 
+def test_gate_command_refuses_a_run_without_a_model(worse, cfg, tmp_path):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(json.dumps(json.loads(cfg.model_dump_json())))
+    out = CliRunner().invoke(cli, ["gate", "--run", "0123456789abcdef", "--config", str(config)])
+    assert out.exit_code == 2, out.output
+    assert "gate refused: run 0123456789abcdef has no registered version of gate_model" in (
+        out.output
+    )
+
+
 def test_slow_model_fails_latency_in_the_gate_and_the_report_says_why(
     good, cfg, monkeypatch, tmp_path, slowed
 ):

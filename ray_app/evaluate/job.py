@@ -124,7 +124,12 @@ def evaluate(cfg: PipelineConfig, run_id: str) -> GateReport:
     version = _version_of_run(name, run_id)
     candidate = registry.load_version(name, version)
     contract = candidate.features.parsed_contract()
-    dataset_version = MlflowClient().get_run(run_id).data.tags["dataset_version"]
+    dataset_version = MlflowClient().get_run(run_id).data.tags.get("dataset_version")
+    if dataset_version is None:
+        raise registry.RegistryError(
+            f"run {run_id} has no dataset_version tag: the gate judges a model on the data "
+            "version it was trained on"
+        )
     frames = _frames(cfg, run_id, dataset_version, candidate.features)
     test = frames["test"]
     limits = thresholds(cfg.gates, name)
