@@ -69,7 +69,7 @@ class ModelServer:
             )
             return
         self.served, self.held_back = loaded, {}
-        logger.info("%s@%s is now version %s", self.model_name, self.alias, current)
+        logger.info("%s@%s is now version %s", self.model_name, self.alias, loaded.model.version)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         threshold = user_config.get("threshold")
