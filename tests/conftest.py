@@ -63,11 +63,45 @@ def churn_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synth.write(tmp_path_factory.mktemp("data") / "churn.csv", rows=5_000, seed=7)
 
 
+def untimed_copy(config: Path, into: Path) -> Path:
+    """A copy of pipeline config `config` whose gates do not judge latency (SLA of a minute).
+
+    A test that promotes a model is not a test of speed: with the real 100 ms SLA its outcome
+    would hang on how busy the host is (CI once measured p95 347 ms for a 6 ms path beside a
+    live Serve app). Latency is judged in the tests that are about it, against a model slowed
+    on purpose. Everything else in the gates is the real config's.
+    """
+    import json
+
+    from ray_app.config import load_pipeline_config, load_yaml
+
+    cfg = load_pipeline_config(config)
+    gates = load_yaml(cfg.gates)
+    gates["default"]["latency"].update(max_p95_ms=60_000, requests=20, rounds=1, warmup=2)
+    into.mkdir(parents=True, exist_ok=True)
+    (into / "gates.yaml").write_text(json.dumps(gates))  # JSON is YAML
+    copy = cfg.model_copy(update={"gates": into / "gates.yaml"})
+    (into / config.name).write_text(copy.model_dump_json())
+    return into / config.name
+
+
 @pytest.fixture(scope="session")
-def pipeline_config():
+def pipeline_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """configs/pipeline.yaml, untimed: the path, for tests that drive the CLI."""
+    return untimed_copy(ROOT / "configs" / "pipeline.yaml", tmp_path_factory.mktemp("configs"))
+
+
+@pytest.fixture(scope="session")
+def untimed():
+    """`untimed(config, folder)`: see `untimed_copy`."""
+    return untimed_copy
+
+
+@pytest.fixture(scope="session")
+def pipeline_config(pipeline_yaml: Path):
     from ray_app.config import load_pipeline_config
 
-    return load_pipeline_config(ROOT / "configs" / "pipeline.yaml")
+    return load_pipeline_config(pipeline_yaml)
 
 
 class SlowBooster:

@@ -153,22 +153,20 @@ def test_cli_predict_prints_the_answer(result, service):
     assert f'"model_version": "{result.model_version}"' in out.output
 
 
-def test_cli_pipeline_stops_on_bad_data_without_training(ray_session, pipeline_config, tmp_path):
+def test_cli_pipeline_stops_on_bad_data_without_training(ray_session, pipeline_yaml, tmp_path):
     bad = synth.write(
         tmp_path / "bad.csv", 2_000, seed=3, corruption=synth.Corruption(negative_amounts=0.1)
     )
     tracking.configure()
     runs_before = len(mlflow.search_runs(search_all_experiments=True))
-    out = CliRunner().invoke(
-        cli, ["pipeline", "--config", str(ROOT / "configs/pipeline.yaml"), "--data", str(bad)]
-    )
+    out = CliRunner().invoke(cli, ["pipeline", "--config", str(pipeline_yaml), "--data", str(bad)])
     assert out.exit_code == 2
     assert "monthly_charge" in out.output and str(bad) in out.output
     assert "validation.html" in out.output  # the full report was written for a person to read
     assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before
 
 
-def test_same_data_version_config_and_seed_give_identical_model_bytes(result):
+def test_same_data_version_config_and_seed_give_identical_model_bytes(result, pipeline_yaml):
     out = CliRunner().invoke(
         cli,
         [
@@ -176,7 +174,7 @@ def test_same_data_version_config_and_seed_give_identical_model_bytes(result):
             "--data-version",
             result.dataset_version,
             "--config",
-            str(ROOT / "configs/pipeline.yaml"),
+            str(pipeline_yaml),
         ],
     )
     assert out.exit_code == 0, out.output

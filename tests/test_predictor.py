@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -76,7 +77,9 @@ def test_slow_model_fails_latency_and_says_by_how_much(model, rows, slowed):
     measured = latency.measure(Predictor.of(slow), rows, [1], requests=10, warmup=1)
     [result] = checks.latency(measured, {"max_p95_ms": 100})
     assert not result.passed
-    assert result.reason.startswith("batch of 1: p95 1") and "> SLA 100 ms" in result.reason
+    # The sleep sets a floor on the time, never a ceiling: only the floor is asserted.
+    assert result.value >= 120 and result.limit == 100
+    assert re.match(r"batch of 1: p95 \d+\.\d ms > SLA 100 ms \(p50 ", result.reason)
 
 
 def test_timed_path_validates_like_the_service(model, rows, contract):

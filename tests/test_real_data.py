@@ -16,8 +16,8 @@ pytestmark = [
 ]
 
 
-def test_telco_end_to_end_and_the_gate_finds_a_real_disparity(ray_session):
-    cfg = load_pipeline_config(ROOT / "configs" / "telco_pipeline.yaml")
+def test_telco_end_to_end_and_the_gate_finds_a_real_disparity(ray_session, untimed, tmp_path):
+    cfg = load_pipeline_config(untimed(ROOT / "configs" / "telco_pipeline.yaml", tmp_path))
     assert cfg.data.path == TELCO
     result = pipeline.run(cfg)
     assert result.rows == 7_043

@@ -148,6 +148,7 @@ def evaluate(cfg: PipelineConfig, run_id: str) -> GateReport:
         timing["batch_sizes"],
         int(timing["requests"]),
         int(timing["warmup"]),
+        int(timing["rounds"]),
     )
     calibration = checks.calibration(y["test"], proba, limits["calibration"])
     results = [

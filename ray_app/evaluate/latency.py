@@ -3,6 +3,10 @@
 One call is what a replica does for one HTTP request, less the network: parse and validate
 the JSON body against the contract's request model, build features, predict, and serialise
 the response. Ray Serve's routing is left out on purpose: it does not depend on the model.
+
+The gate job shares its host with other work, and other processes only ever add time, so the
+calls are timed in `rounds` and the round with the lowest p95 is the figure (the `timeit`
+rule): a model slow on its own is slow in every round; a neighbour's burst spoils only one.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ def measure(
     batch_sizes: list[int],
     requests: int,
     warmup: int,
+    rounds: int = 1,
     seed: int = 0,
 ) -> dict[int, dict[str, float]]:
     """p50, p95 and p99 in milliseconds of `requests` timed calls per batch size, after
-    `warmup` untimed ones; bodies are drawn from `rows` (raw rows of the contract)."""
+    `warmup` untimed ones, from the best of `rounds` rounds; bodies are drawn from `rows`
+    (raw rows of the contract)."""
     contract = predictor.model.features.parsed_contract()
     call = serving_call(predictor)
     out = {}
@@ -59,11 +65,22 @@ def measure(
         ]
         for i in range(warmup):
             call(bodies[i % BODIES])
-        times = np.empty(requests)
-        for i in range(requests):
-            start = time.perf_counter()
-            call(bodies[i % BODIES])
-            times[i] = (time.perf_counter() - start) * 1000
-        p50, p95, p99 = np.percentile(times, [50, 95, 99])
-        out[size] = {"p50": float(p50), "p95": float(p95), "p99": float(p99), "requests": requests}
+        best = None
+        for _ in range(rounds):
+            times = np.empty(requests)
+            for i in range(requests):
+                start = time.perf_counter()
+                call(bodies[i % BODIES])
+                times[i] = (time.perf_counter() - start) * 1000
+            q = np.percentile(times, [50, 95, 99])
+            if best is None or q[1] < best[1]:
+                best = q
+        p50, p95, p99 = best
+        out[size] = {
+            "p50": float(p50),
+            "p95": float(p95),
+            "p99": float(p99),
+            "requests": requests,
+            "rounds": rounds,
+        }
     return out

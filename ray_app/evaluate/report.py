@@ -55,14 +55,14 @@ def render_html(report: GateReport) -> str:
         for i in r.details["importance"][:IMPORTANCE_ROWS]
     ]
     timing = _table(
-        ["batch", "p50 ms", "p95 ms", "p99 ms", "requests"],
+        ["batch", "p50 ms", "p95 ms", "p99 ms", "requests × rounds (best round)"],
         [
             [
                 r.name,
                 f"{r.details['p50']:.1f}",
                 f"{r.value:.1f}",
                 f"{r.details['p99']:.1f}",
-                r.details["requests"],
+                f"{r.details['requests']} × {r.details['rounds']}",
             ]
             for r in _of(report, "latency")
         ],
