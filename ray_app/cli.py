@@ -12,6 +12,7 @@ from typing import Annotated
 import requests
 import typer
 
+from ray_app.config import PipelineConfig
 from ray_app.pipeline import PipelineResult
 
 app = typer.Typer(
@@ -46,13 +47,26 @@ def _pairs(values: list[str], what: str) -> dict[str, float]:
     return out
 
 
+def _pipeline_config(path: Path) -> PipelineConfig:
+    """The pipeline config and its gates, both checked before any work starts; a bad file is
+    a bad `--config` value (click's usage error, exit 2) naming the file and the field."""
+    from ray_app.config import ConfigError, load_pipeline_config
+    from ray_app.evaluate.gate import thresholds
+
+    try:
+        cfg = load_pipeline_config(path)
+        thresholds(cfg.gates, cfg.tracking.model_name)
+    except (ConfigError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e), param_hint="'--config'") from None
+    return cfg
+
+
 def _run_pipeline(config: Path, address: str | None, **kwargs) -> None:
-    from ray_app.config import load_pipeline_config
     from ray_app.data.ingest import DataError
     from ray_app.pipeline import run
     from ray_app.runtime import init_ray
 
-    cfg = load_pipeline_config(config)
+    cfg = _pipeline_config(config)
     init_ray(address)
     try:
         result = run(cfg, **kwargs)
@@ -104,13 +118,17 @@ def tune_command(
 ) -> None:
     """Search hyperparameters with Ray Tune (CPU and GPU trials, ASHA, Optuna); every trial is
     an MLflow child run and the best model is registered with alias `candidate`."""
-    from ray_app.config import load_pipeline_config, load_search_config
+    from ray_app.config import ConfigError, load_search_config
     from ray_app.data.ingest import DataError
     from ray_app.runtime import init_ray
     from ray_app.tuning.search import SearchError, run_search
     from ray_app.tuning.space import NoGpuError
 
-    cfg, space = load_pipeline_config(config), load_search_config(search)
+    cfg = _pipeline_config(config)
+    try:
+        space = load_search_config(search)
+    except (ConfigError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e), param_hint="'--search'") from None
     init_ray(address)
     try:
         result = run_search(cfg, space, data, data_version, name, resume)
@@ -132,12 +150,12 @@ def gate(
     from mlflow.exceptions import MlflowException
 
     from ray_app import registry, tracking
-    from ray_app.config import load_pipeline_config, rayapp_home
+    from ray_app.config import rayapp_home
     from ray_app.data.ingest import DataError
     from ray_app.evaluate.job import run_gate, write_files
     from ray_app.runtime import init_ray
 
-    cfg = load_pipeline_config(config)
+    cfg = _pipeline_config(config)
     init_ray(None)
     tracking.configure()
     try:

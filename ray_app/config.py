@@ -8,14 +8,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file that does not say what it must; the message names the file and fields."""
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validate(model: type[Model], data: Any, source: str) -> Model:
+    """`model.model_validate(data)`, errors as one ConfigError: `source: field: why; ...`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
 
 
 class SplitConfig(_Strict):
@@ -150,7 +168,7 @@ class SearchConfig(_Strict):
 
 def load_search_config(path: str | Path) -> SearchConfig:
     """Load and validate `configs/search_space.yaml`."""
-    return SearchConfig.model_validate(load_yaml(path))
+    return validate(SearchConfig, load_yaml(path), str(path))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -160,7 +178,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     with path.open() as f:
         loaded = yaml.safe_load(f) or {}
     if not isinstance(loaded, dict):
-        raise ValueError(
+        raise ConfigError(
             f"{path}: expected a mapping at the top level, got {type(loaded).__name__}"
         )
     return loaded
@@ -179,7 +197,7 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
         value = data.get(key)
         if value and "://" not in str(value) and not Path(value).is_absolute():
             data[key] = str((root / value).resolve())
-    return PipelineConfig.model_validate(raw)
+    return validate(PipelineConfig, raw, str(path))
 
 
 def rayapp_home() -> Path:

@@ -29,6 +29,7 @@ from ray_app.data.snapshot import Snapshot, find_snapshot, head, read_snapshot, 
 from ray_app.data.split import split_dataset
 from ray_app.data.store import open_store
 from ray_app.data.validate import validate
+from ray_app.evaluate.gate import thresholds
 from ray_app.evaluate.job import run_gate
 from ray_app.evaluate.metrics import PROBA, classification_metrics, score
 from ray_app.serve.schema import to_records
@@ -123,6 +124,7 @@ def run(
     log: Callable[[str], None] = print,
 ) -> PipelineResult:
     """The whole flow; with `data_version`, train again on an existing snapshot instead."""
+    thresholds(cfg.gates, cfg.tracking.model_name)  # a bad gates file fails now, not after training
     step = Steps(log)
     contract: Contract = load_contract(contract_path or cfg.contract)
     snap = resolve_snapshot(cfg, contract, data, data_version, step)

@@ -1,5 +1,11 @@
 from pathlib import Path
 
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ray_app.cli import app as cli
+from ray_app.config import ConfigError, load_yaml
 from ray_app.evaluate.gate import thresholds
 from ray_app.evaluate.metrics import ROC_AUC, classification_metrics
 
@@ -23,3 +29,70 @@ def test_metrics_are_the_named_set():
         and m["accuracy"] == 0.5
         and set(m) == {"roc_auc", "f1", "precision", "recall", "accuracy", "logloss"}
     )
+
+
+def _gates_with(tmp_path: Path, change) -> Path:
+    raw = load_yaml(ROOT / "configs" / "gates.yaml")
+    change(raw)
+    path = tmp_path / "gates.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda g: g["default"]["quality"].update(min_roc_aux=0.8),
+            "entry 'default': quality: Value error, 'min_roc_aux' is not min_<metric>",
+        ),
+        (
+            lambda g: g["default"].update(latncy=g["default"].pop("latency")),
+            "entry 'default': latency: Field required; latncy: Extra inputs are not permitted",
+        ),
+        (
+            lambda g: g["default"]["latency"].update(requests=0),
+            "latency.requests: Input should be greater than 0",
+        ),
+        (
+            lambda g: g["default"]["fairness"].update(demographic_parity_ratio=[1.1, 1.3]),
+            "fairness.demographic_parity_ratio: Value error, [low, high] must hold 1",
+        ),
+        (  # another model's entry: found now, not on the day that model is gated
+            lambda g: g["telco_churn"]["fairness"]["columns"].update(SeniorCitizen=["parity"]),
+            "entry 'telco_churn': fairness.columns.SeniorCitizen.0: Input should be "
+            "'demographic_parity' or 'equalized_odds'",
+        ),
+        (
+            lambda g: g["churn_model"].update(promotion="prod"),
+            "entry 'churn_model': promotion: Input should be 'staging' or 'production'",
+        ),
+    ],
+)
+def test_bad_gate_configs_name_the_file_entry_and_field(tmp_path, change, message):
+    path = _gates_with(tmp_path, change)
+    with pytest.raises(ConfigError) as err:
+        thresholds(path, "churn_model")
+    assert str(err.value).startswith(str(path)) and message in str(err.value)
+
+
+def test_a_plain_list_of_fairness_columns_judges_both_criteria(tmp_path):
+    path = _gates_with(tmp_path, lambda g: g["default"]["fairness"].update(columns=["gender"]))
+    assert thresholds(path, "churn_model")["fairness"]["columns"] == {
+        "gender": ["demographic_parity", "equalized_odds"]
+    }
+
+
+@pytest.mark.parametrize("command", ["pipeline", "gate --run 0123", "tune"])
+def test_cli_refuses_a_bad_gates_file_before_any_work(tmp_path, command):
+    gates = _gates_with(tmp_path, lambda g: g["default"]["calibration"].update(max_ece=2))
+    config = tmp_path / "pipeline.yaml"
+    raw = load_yaml(ROOT / "configs" / "pipeline.yaml")
+    config.write_text(
+        yaml.safe_dump({**raw, "contract": str(ROOT / raw["contract"]), "gates": str(gates)})
+    )
+    out = CliRunner().invoke(cli, [*command.split(), "--config", str(config)])
+    assert out.exit_code == 2, out.output
+    said = "".join(out.output.replace("│", "").split())  # unwrap click's error box
+    expected = f"Invalid value for '--config': {gates}: entry 'default': calibration.max_ece: "
+    assert "".join(expected.split()) in said and "Inputshouldbelessthanorequalto1" in said

@@ -15,9 +15,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ray_app.config import load_yaml
+from ray_app.config import ConfigError, load_yaml, validate
 
 if TYPE_CHECKING:  # importing GX takes seconds; serving and training never need it
     import great_expectations.expectations as gxe
@@ -277,18 +277,12 @@ def _gx_bound(value: float | dt.date | str | None) -> Any:
 
 def load_contract(path: str | Path) -> Contract:
     """Load a contract YAML; errors name the file and the offending field."""
-    try:
-        contract = Contract.model_validate(load_yaml(path))
-        if contract.reference is not None and contract.reference.data is None:
-            profile = Path(path).parent / contract.reference.profile
-            if not profile.is_file():
-                raise ValueError(
-                    f"invalid data contract {path}: reference profile {profile} not found"
-                )
-            contract.reference.data = json.loads(profile.read_text())
-        return contract
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        raise ValueError(f"invalid data contract {path}: {problems}") from None
+    contract = validate(Contract, load_yaml(path), f"invalid data contract {path}")
+    if contract.reference is not None and contract.reference.data is None:
+        profile = Path(path).parent / contract.reference.profile
+        if not profile.is_file():
+            raise ConfigError(
+                f"invalid data contract {path}: reference profile {profile} not found"
+            )
+        contract.reference.data = json.loads(profile.read_text())
+    return contract
