@@ -18,7 +18,9 @@ class ConfigError(ValueError):
     """A config file that does not say what it must; the message names the file and fields."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A settings model: an unknown key is a typo, and an error."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -36,7 +38,7 @@ def validate(model: type[Model], data: Any, source: str) -> Model:
         raise ConfigError(f"{source}: {problems}") from None
 
 
-class SplitConfig(_Strict):
+class SplitConfig(Strict):
     train: float = 0.7
     valid: float = 0.15
     test: float = 0.15
@@ -49,7 +51,7 @@ class SplitConfig(_Strict):
         return self
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     path: Path | None = None  # input table; None means the built-in dataset
     synth_rows: int = Field(20_000, ge=1_000, le=10_000_000)
     seed: int = 42
@@ -64,7 +66,7 @@ class DataConfig(_Strict):
     store: str | None = None
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: int = Field(2, ge=1)
     use_gpu: bool = False
@@ -74,12 +76,12 @@ class TrainConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(Strict):
     experiment: str = "ray_app"
     model_name: str = "churn_model"
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(Strict):
     contract: Path
     gates: Path
     data: DataConfig = DataConfig()
@@ -87,7 +89,7 @@ class PipelineConfig(_Strict):
     tracking: TrackingConfig = TrackingConfig()
 
 
-class Dimension(_Strict):
+class Dimension(Strict):
     """One searched hyperparameter: a range (uniform, loguniform, randint) or a set of values
     (choice; grid tries every value)."""
 
@@ -106,7 +108,7 @@ class Dimension(_Strict):
         return self
 
 
-class AshaConfig(_Strict):
+class AshaConfig(Strict):
     """Asynchronous successive halving on the validation metric, in boosting rounds."""
 
     enabled: bool = True
@@ -114,7 +116,7 @@ class AshaConfig(_Strict):
     reduction_factor: float = Field(3, gt=1)
 
 
-class TrialResources(_Strict):
+class TrialResources(Strict):
     cpus_per_trial: int = Field(1, ge=1)  # a CPU trial asks for N CPUs and trains with N threads
     cpus_per_gpu_trial: int = Field(1, ge=1)
     gpus_per_trial: float = Field(1, gt=0)
@@ -123,14 +125,14 @@ class TrialResources(_Strict):
     on_missing_cuda: Literal["fallback", "fail"] = "fallback"
 
 
-class DistributedConfig(_Strict):
+class DistributedConfig(Strict):
     """Above `min_rows` training rows a trial is a data-parallel Ray Train run."""
 
     min_rows: int = Field(2_000_000, ge=1)
     num_workers: int = Field(2, ge=1)
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Strict):
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
     metric: str = "valid-logloss"  # <eval set>-<xgboost eval_metric>, as xgboost names it
     mode: Literal["min", "max"] = "min"

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from ray_app.config import load_yaml, validate
+from ray_app.config import Strict, load_yaml, validate
 from ray_app.evaluate import metrics
 from ray_app.evaluate.checks import FAIRNESS_CRITERIA, PR_AUC
 
@@ -33,17 +33,13 @@ Share = Annotated[float, Field(ge=0, le=1)]
 Positive = Annotated[int, Field(gt=0)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Slices(_Strict):
+class Slices(Strict):
     min_roc_auc: Share
     min_rows: Positive
     bins: dict[str, list[float]]
 
 
-class Fairness(_Strict):
+class Fairness(Strict):
     demographic_parity_ratio: tuple[float, float]
     min_equalized_odds_ratio: Share
     min_rows: Positive
@@ -67,33 +63,33 @@ class Fairness(_Strict):
         return bounds
 
 
-class Calibration(_Strict):
+class Calibration(Strict):
     max_ece: Share
     bins: Positive
 
 
-class Noise(_Strict):
+class Noise(Strict):
     std: Annotated[float, Field(gt=0)]
     max_drop: dict[ThresholdMetric, float]
 
 
-class Missing(_Strict):
+class Missing(Strict):
     fraction: Annotated[float, Field(gt=0, lt=1)]
     max_drop: dict[ThresholdMetric, float]
 
 
-class Robustness(_Strict):
+class Robustness(Strict):
     seed: int
     noise: Noise
     missing: Missing
 
 
-class Explainability(_Strict):
+class Explainability(Strict):
     sample_rows: Positive
     max_top_feature_share: Share
 
 
-class Latency(_Strict):
+class Latency(Strict):
     max_p95_ms: Annotated[float, Field(gt=0)]
     batch_sizes: list[Positive]
     requests: Positive
@@ -101,16 +97,16 @@ class Latency(_Strict):
     warmup: Annotated[int, Field(ge=0)]
 
 
-class Champion(_Strict):
+class Champion(Strict):
     min_improvement: float
     tolerance: dict[Metric, float]
 
 
-class Baseline(_Strict):
+class Baseline(Strict):
     must_beat: list[ThresholdMetric]
 
 
-class GateLimits(_Strict):
+class GateLimits(Strict):
     """One model's limits, after its entry is laid over `default`."""
 
     primary_metric: Metric
