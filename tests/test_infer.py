@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -68,3 +69,28 @@ def test_draft_from_telco_passes_on_telco(ray_session, tmp_path):
     assert total.type == "float" and total.nullable and 0 < total.max_null_fraction < 0.01
     source = inspect_source(TELCO, contract)
     assert validate(read_raw(source, contract), contract, source, 5_000).success
+
+
+def test_missing_value_markers_are_flagged_read_as_missing_and_validate(ray_session, tmp_path):
+    data = synth.write(tmp_path / "marked.csv", 3_000, seed=6)
+    frame = pd.read_csv(data, dtype=str, keep_default_na=False)
+    frame.loc[::50, "age"] = "?"  # a numeric column
+    frame.loc[5::70, "plan"] = " ? "  # a categorical column, padded
+    frame.to_csv(data, index=False)
+    out = tmp_path / "contract.yaml"
+    result = CliRunner().invoke(
+        cli, ["contract", "infer", "--data", str(data), "--label", "churned", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    for column, rows in (("age", 60), ("plan", 43)):
+        note = f"'?' appeared in {rows} rows and was read as missing"
+        assert f"column {column!r}: {note}" in result.output  # said to the user
+        assert f"  # {column}: {note}" in out.read_text()  # and left in the draft
+    contract = load_contract(out)
+    age, plan = contract.columns["age"], contract.columns["plan"]
+    assert age.type == "integer" and plan.allowed == ["basic", "premium", "standard"]
+    for spec in (age, plan):
+        assert spec.null_values == ["?"] and spec.nullable and 0 < spec.max_null_fraction < 0.1
+    source = inspect_source(data, contract)
+    report = validate(read_raw(source, contract), contract, source, 1_000)
+    assert report.success, report.failures

@@ -40,6 +40,14 @@ class ColumnSpec(BaseModel):
     unique: bool = False
     roles: list[Role] = Field(default_factory=list)
     positive: Any = None  # the label's positive class value (label column only)
+    # Text that means "missing" in this column, besides what every column reads as missing
+    # (ingest.NULL_TOKENS): e.g. ['?'] or ['-999']. Compared after trimming spaces.
+    # `rayapp contract infer` writes it where it finds such markers.
+    null_values: list[Any] = Field(default_factory=list)
+    # Every `allowed` value must occur at least once in the whole dataset (counted across all
+    # batches), e.g. each class a model must learn. The label always needs both its classes,
+    # without this being set.
+    require_all_values: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> ColumnSpec:
@@ -54,6 +62,12 @@ class ColumnSpec(BaseModel):
             raise ValueError("pattern only applies to string and category columns")
         if self.type == "category" and not self.allowed:
             raise ValueError("a category column needs its `allowed` values")
+        if self.require_all_values and not self.allowed:
+            raise ValueError("require_all_values needs the `allowed` values to require")
+        self.null_values = [str(v).strip() for v in self.null_values]
+        both = [v for v in self.allowed or [] if str(v) in self.null_values]
+        if both:
+            raise ValueError(f"values {both} are both allowed and in null_values")
         if self.type in ("category", "string"):
             # Text columns are compared as text, even where YAML wrote a value as a number.
             if self.allowed is not None:
@@ -252,6 +266,16 @@ class Contract(BaseModel):
 
     def expectations(self) -> list[gxe.Expectation]:
         return [c.expectation for c in self.checks()]
+
+    @property
+    def presence_columns(self) -> list[str]:
+        """Columns whose values are counted over the whole dataset, to check that the values a
+        model needs occur at all: the label, and columns with `require_all_values`."""
+        return [
+            name
+            for name, spec in self.columns.items()
+            if spec.require_all_values or "label" in spec.roles
+        ]
 
     @property
     def unique_columns(self) -> list[str]:

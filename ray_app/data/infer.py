@@ -2,13 +2,16 @@
 
 Types are inferred from the text itself (numbers, ISO dates, few distinct values = category);
 ranges and allowed values are the ones observed; null fractions get head-room. The draft is a
-starting point: a person decides what is really allowed.
+starting point: a person decides what is really allowed. Values that look like missing-value
+markers ('?', 'n/a', '-', ...) are read as missing and said so, in the draft and to the user.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,15 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
 
-from ray_app.data.ingest import NULL_TOKENS
+from ray_app.data.ingest import NULL_TOKENS, csv_header, csv_options
 
 MAX_CATEGORIES = 25
+# Text that usually means "no value" (compared trimmed and lower-cased); what is not already
+# one of ingest's NULL_TOKENS goes into the column's `null_values` when the draft reads it so.
+MISSING_MARKERS = frozenset(
+    {"", "?", "??", "-", "--", "---", ".", "na", "n/a", "n.a.", "#n/a", "null", "none", "nil"}
+    | {"nan", "missing", "(null)", "(blank)", "(missing)", "undefined"}
+)
 SENSITIVE_NAMES = {"gender", "sex", "race", "ethnicity", "religion", "seniorcitizen", "nationality"}
 
 
@@ -27,7 +36,7 @@ def _sample(path: Path, rows: int) -> pd.DataFrame:
     if path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
         table = pq.ParquetDataset(path).read()
         return table.slice(0, rows).to_pandas().astype("string")
-    reader = pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+    reader = pacsv.open_csv(path, **csv_options(csv_header(path)))
     table = reader.read_next_batch().to_pandas()
     while len(table) < rows:
         try:
@@ -37,9 +46,34 @@ def _sample(path: Path, rows: int) -> pd.DataFrame:
     return table.head(rows).astype("string")
 
 
-def _column(values: pd.Series, rows: int) -> dict[str, Any]:
+class Draft(dict):
+    """A draft contract as a plain dict (ready for YAML), with notes per column for the person
+    who reviews it: what the draft decided that the data did not say outright."""
+
+    def __init__(self, contract: dict, notes: dict[str, list[str]]):
+        super().__init__(contract)
+        self.notes = notes
+
+
+def _markers(text: pd.Series) -> dict[str, int]:
+    """Rows per trimmed value that looks like a missing-value marker."""
+    counts = text.value_counts(dropna=True)
+    return {str(v): int(n) for v, n in counts.items() if str(v).lower() in MISSING_MARKERS}
+
+
+def _note(marker: str, rows: int) -> str:
+    shown = "empty text" if marker == "" else repr(marker)
+    note = f"{shown} appeared in {rows} rows and was read as missing"
+    if marker in NULL_TOKENS:
+        return f"{note} (as in every column)"
+    return f"{note} (null_values); if it is a real value, remove it from null_values"
+
+
+def _column(values: pd.Series, rows: int) -> tuple[dict[str, Any], list[str]]:
+    """A column's draft spec, and notes on the values it read as missing."""
     text = values.str.strip()
-    present = text[~text.isin(NULL_TOKENS) & text.notna()]
+    markers = _markers(text)
+    present = text[~text.isin([*NULL_TOKENS, *markers]) & text.notna()]
     spec: dict[str, Any] = {}
     null_fraction = 1 - len(present) / max(rows, 1)
     numbers = pd.to_numeric(present, errors="coerce")
@@ -65,7 +99,9 @@ def _column(values: pd.Series, rows: int) -> dict[str, Any]:
     spec["nullable"] = null_fraction > 0
     if null_fraction > 0:
         spec["max_null_fraction"] = round(min(1.0, null_fraction * 2 + 0.001), 3)
-    return spec
+    if null_values := [m for m in markers if m not in NULL_TOKENS]:
+        spec["null_values"] = null_values
+    return spec, [_note(m, n) for m, n in markers.items()]
 
 
 def _positive(allowed: list[str]) -> str:
@@ -77,7 +113,7 @@ def _positive(allowed: list[str]) -> str:
 
 def infer(
     path: str | Path, label: str, name: str | None = None, rows: int = 100_000
-) -> tuple[dict, int]:
+) -> tuple[Draft, int]:
     """A draft contract (a dict ready for YAML) from the first `rows` rows of a file, and the
     number of rows it was drafted from."""
     path = Path(path)
@@ -85,9 +121,10 @@ def infer(
     if label not in sample.columns:
         raise ValueError(f"{path}: label column {label!r} not found in {list(sample.columns)}")
     columns: dict[str, dict[str, Any]] = {}
+    notes: dict[str, list[str]] = {}
     id_column = None
     for column in sample.columns:
-        spec = _column(sample[column], len(sample))
+        spec, notes[column] = _column(sample[column], len(sample))
         if column == label:
             if spec["type"] != "category" or len(spec["allowed"]) != 2:
                 raise ValueError(f"{path}: label {label!r} must have exactly two values")
@@ -107,16 +144,32 @@ def infer(
         "columns": columns,
         "rows": {"min": max(1, len(sample) // 10)},
     }
-    return draft, len(sample)
+    return Draft(draft, notes), len(sample)
 
 
-def write_draft(contract: dict, out: Path, source: Path, sampled: int) -> Path:
+def _yaml(data: dict, flow: bool | None = None) -> str:
+    """YAML text; flow=None writes lists and scalar-only mappings inline, as `{a: 1}`."""
+    return yaml.safe_dump(data, sort_keys=False, width=120, default_flow_style=flow)
+
+
+def write_draft(
+    contract: dict, out: Path, source: Path, sampled: int, say: Callable[[str], None] = print
+) -> Path:
+    """Write the draft as YAML, each column's notes as comments above it; `say` each note too,
+    so that what the draft read as missing is a person's decision, not a silent one."""
     header = (
         f"# Drafted by `rayapp contract infer` from {source} ({sampled} rows sampled).\n"
         "# Review before use: ranges and allowed values are what the sample showed, roles are\n"
         "# guesses (sensitive columns are kept out of the features).\n"
     )
-    body = yaml.safe_dump(contract, sort_keys=False, width=120, default_flow_style=None)
+    notes = contract.notes if isinstance(contract, Draft) else {}
+    body = _yaml({"name": contract["name"]}, flow=False) + "columns:\n"
+    for column, spec in contract["columns"].items():
+        for note in notes.get(column, []):
+            body += "".join(f"  # {line}\n" for line in textwrap.wrap(f"{column}: {note}", 96))
+            say(f"{out}: column {column!r}: {note}")
+        body += textwrap.indent(_yaml({column: spec}), "  ")
+    body += _yaml({k: v for k, v in contract.items() if k not in ("name", "columns")})
     out.write_text(header + body)
     return out
 

@@ -75,8 +75,13 @@ def _header(path: Path, fmt: str) -> list[str]:
             )
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
+    return csv_header(path)
+
+
+def csv_header(path: Path) -> list[str]:
+    """A CSV file's column names, trimmed."""
+    try:  # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark before the header
+        with path.open(newline="", encoding="utf-8-sig") as f:
             row = next(csv.reader(f), None)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start} of the header)") from None
@@ -106,23 +111,98 @@ def inspect_source(path: str | Path, contract: Contract) -> Source:
     return Source(path=path, fmt=fmt, version=dataset_version(path), columns=columns)
 
 
+def _refuse_row(row: pacsv.InvalidRow) -> str:
+    """Keep pyarrow's error for a row with the wrong number of fields. Ray Data re-assigns the
+    parse options' row handler (ARROW-17641), and with none set its workers print a TypeError
+    traceback for every such row."""
+    return "error"
+
+
+def csv_options(columns: list[str]) -> dict:
+    """pyarrow CSV options for a file whose header `csv_header` read as `columns`: those names
+    (without a byte-order mark or padding), every column as text, quoted values may span
+    lines."""
+    return {
+        "read_options": pacsv.ReadOptions(column_names=columns, skip_rows=1, use_threads=False),
+        "parse_options": pacsv.ParseOptions(
+            newlines_in_values=True, invalid_row_handler=_refuse_row
+        ),
+        "convert_options": pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in columns},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    }
+
+
 def read_raw(source: Source, contract: Contract) -> ray.data.Dataset:
     """Read a source with Ray Data; CSV columns are kept as text for `coerce` to parse."""
     if source.fmt == "parquet":
         return ray.data.read_parquet(str(source.path))
-    as_text = {name: pa.string() for name in source.columns}
-    return ray.data.read_csv(
-        str(source.path),
-        convert_options=pacsv.ConvertOptions(
-            column_types=as_text, strings_can_be_null=False, quoted_strings_can_be_null=False
-        ),
-    )
+    return ray.data.read_csv(str(source.path), **csv_options(source.columns))
 
 
-def _blank(raw: pd.Series) -> np.ndarray:
+def read_problem(source: Source) -> str | None:
+    """What stops a source from being read, naming its line (CSV) or file (Parquet); None
+    when it reads cleanly. Reads the whole source again on the driver, so it is for the error
+    path only: Ray Data re-raises pyarrow's errors without their text, and pyarrow's text
+    does not say on which line."""
+    if source.fmt == "parquet":
+        return _parquet_problem(source.path)
+    if problem := _undecodable_line(source.path):  # before pyarrow, which cannot show the row
+        return problem
+    try:
+        for _ in pacsv.open_csv(source.path, **csv_options(source.columns)):
+            pass
+    except pa.ArrowInvalid as e:
+        return _ragged_record(source.path, len(source.columns)) or str(e)
+    return None
+
+
+def _parquet_problem(path: Path) -> str | None:
+    for file in sorted(path.rglob("*.parquet")) if path.is_dir() else [path]:
+        try:
+            for _ in pq.ParquetFile(file).iter_batches():
+                pass
+        except (pa.ArrowException, OSError) as e:
+            return f"{file.name}: {e}" if path.is_dir() else str(e)
+    return None
+
+
+def _undecodable_line(path: Path) -> str | None:
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return (
+                    f"line {number}: not UTF-8 text (byte 0x{line[e.start]:02x} at position "
+                    f"{e.start + 1}); save the file as UTF-8"
+                )
+    return None
+
+
+def _ragged_record(path: Path, width: int) -> str | None:
+    """The first record without `width` fields, by the line it starts on."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        start = 1  # the line the next record starts on
+        try:
+            for record in reader:
+                if record and len(record) != width:
+                    cut = len(record) < width and next(reader, None) is None
+                    hint = " (is the file cut short?)" if cut else ""
+                    return f"line {start}: expected {width} fields, found {len(record)}{hint}"
+                start = reader.line_num + 1
+        except csv.Error as e:
+            return f"line {start}: {e} (is a quote left open?)"
+    return None
+
+
+def _blank(raw: pd.Series, null_values: list[str]) -> np.ndarray:
     if raw.dtype == object or pd.api.types.is_string_dtype(raw):
         text = raw.astype("string").str.strip()
-        return (raw.isna() | text.isin(NULL_TOKENS)).to_numpy()
+        return (raw.isna() | text.isin([*NULL_TOKENS, *null_values])).to_numpy()
     return raw.isna().to_numpy()
 
 
@@ -141,13 +221,14 @@ def _parse(raw: pd.Series, kind: str) -> pd.Series:
 
 
 def coerce(batch: pd.DataFrame, contract: Contract) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
-    """Parse each contract column to its type. Returns the typed frame (blank → null) and,
-    per column, the raw values that were present but did not parse."""
+    """Parse each contract column to its type. Returns the typed frame (blank, a null token or
+    one of the column's `null_values` → null) and, per column, the raw values that were
+    present but did not parse."""
     typed: dict[str, pd.Series] = {}
     failures: dict[str, pd.Series] = {}
     for name, spec in contract.columns.items():
         raw = batch[name]
-        blank = _blank(raw)
+        blank = _blank(raw, spec.null_values)
         parsed = _parse(raw, spec.type)
         bad = ~blank & parsed.isna().to_numpy()
         if bad.any():

@@ -8,7 +8,10 @@ the driver is therefore bounded by the number of expectations, not the number of
 from __future__ import annotations
 
 import json
-import os
+import logging
+import traceback
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -21,12 +24,33 @@ import ray.exceptions
 
 from ray_app.data import profile
 from ray_app.data.contract import Contract, check_key
-from ray_app.data.ingest import DataError, Source, coerce
+from ray_app.data.ingest import DataError, Source, coerce, read_problem
 
 MAX_EXAMPLES = 5
 ROW_COUNT = "row_count"
 UNIQUE = "expect_column_values_to_be_unique"
 PROFILE = "reference_profile"
+VALUES = "value_counts"
+PRESENCE = "expect_column_distinct_values_to_contain_set"
+DATA_ERROR = "data_error"  # a batch whose text could not be decoded or parsed
+TASK_ERROR = "task_error"  # a batch that failed for any other reason: not the data's fault
+BOOKKEEPING = (ROW_COUNT, UNIQUE, PROFILE, VALUES, DATA_ERROR, TASK_ERROR)
+# Ray Data loggers that print a failed task's traceback before it is raised; `_run_batches`
+# reports such failures itself.
+RAY_DATA_ERROR_LOGGERS = (
+    "ray.data.exceptions",
+    "ray.data._internal.execution.streaming_executor_state",
+)
+
+
+class ValidationTaskError(RuntimeError):
+    """A validation task that failed for a reason other than the data: a bug, out of memory,
+    a lost worker. The message says which, with the task's error."""
+
+
+class TaskTraceback(Exception):
+    """The traceback of an exception raised inside a Ray task, chained to the error raised on
+    the driver so that a bug can be found where it happened."""
 
 
 @dataclass
@@ -81,7 +105,6 @@ class ValidationReport:
 @lru_cache(maxsize=4)
 def _validator(contract_json: str) -> tuple[Any, Any]:
     """A GX batch definition and suite, built once per worker process and contract."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
     contract = Contract.model_validate_json(contract_json)
@@ -142,7 +165,18 @@ def row_reasons(batch: pd.DataFrame, contract_json: str) -> tuple[pd.DataFrame, 
 
 
 def validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
-    """Counts of bad rows per expectation for one batch (a Ray Data `map_batches` UDF)."""
+    """Counts of bad rows per expectation for one batch (a Ray Data `map_batches` UDF). An
+    exception comes back as a row, with its type, message and traceback, which Ray Data
+    would otherwise replace by its own UserCodeException."""
+    try:
+        return _validate_batch(batch, contract_json)
+    except Exception as e:
+        kind = DATA_ERROR if isinstance(e, (UnicodeDecodeError, pa.ArrowInvalid)) else TASK_ERROR
+        detail = [f"{type(e).__name__}: {e}", traceback.format_exc()]
+        return pd.DataFrame([{**_row(kind, "", 0, []), "examples": json.dumps(detail)}])
+
+
+def _validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
     contract = Contract.model_validate_json(contract_json)
     typed, failures = coerce(batch, contract)
     out = [_row(ROW_COUNT, "", 0, [], rows=len(batch))]
@@ -153,6 +187,8 @@ def validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
         out.append({**_row(PROFILE, "", 0, []), "examples": json.dumps(stats)})
     for column in contract.unique_columns:
         out.append(_row(UNIQUE, column, 0, [], hashes=_hashes(typed[column])))
+    for column in contract.presence_columns:
+        out.append({**_row(VALUES, column, 0, []), "examples": json.dumps(_counts(typed[column]))})
     for column, bad in failures.items():
         kind = contract.columns[column].type
         out.append(_row(f"expect_column_values_to_parse_as_{kind}", column, len(bad), list(bad)))
@@ -173,17 +209,98 @@ def validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _run_batches(ds: ray.data.Dataset, contract: Contract, source: Source, batch_size: int):
+def _value_text(value: Any) -> str:
+    """A value as reports and `allowed` lists show it: integers parsed as floats lose '.0'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _counts(values: pd.Series) -> dict[str, int]:
+    """Rows per distinct non-null value of one batch, keyed by `_value_text`."""
+    out: Counter[str] = Counter()
+    for value, n in values.value_counts(dropna=True).items():
+        out[_value_text(value)] += int(n)
+    return dict(out)
+
+
+def _missing_values(contract: Contract, column: str, counts: Counter[str]) -> str | None:
+    """Why the values of `column` over the whole dataset cannot serve, or None: a label with
+    fewer than both classes, or an `allowed` value a `require_all_values` column never has."""
+    spec = contract.columns[column]
+    seen = ", ".join(f"{v}: {n} rows" for v, n in sorted(counts.items())) or "no values"
+    positive = _value_text(spec.positive)
+    if "label" in spec.roles and (len(counts) < 2 or positive not in counts):
+        negative = contract.negative_label
+        other = "another value" if negative is None else _value_text(negative)
+        classes = {0: "no class", 1: "one class"}.get(len(counts), f"{len(counts)} classes")
+        return (
+            f"label column {column!r} has {classes}: {seen}; a model needs both {other} "
+            f"and {positive}"
+        )
+    absent = [v for v in spec.allowed or [] if _value_text(v) not in counts]
+    if spec.require_all_values and absent:
+        return f"column {column!r} never has allowed values {absent} (require_all_values): {seen}"
+    return None
+
+
+@contextmanager
+def _ray_data_errors_muted():
+    """Hold back Ray Data's own error logs (with tracebacks) while `_run_batches` runs: it
+    reports a failed task itself, as the data's line or as the task's exception."""
+    loggers = [logging.getLogger(name) for name in RAY_DATA_ERROR_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
-        return ds.map_batches(
-            validate_batch,
-            fn_kwargs={"contract_json": contract.model_dump_json()},
-            batch_format="pandas",
-            batch_size=batch_size,
-        ).to_pandas()
-    except (ray.exceptions.RayTaskError, pa.ArrowInvalid, UnicodeDecodeError) as e:
-        cause = str(e).strip().splitlines()[-1]
-        raise DataError(f"{source.path}: could not be read as {source.fmt} ({cause})") from None
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _unreadable(source: Source, detail: str) -> DataError:
+    return DataError(f"{source.path}: could not be read as {source.fmt}: {detail}")
+
+
+def _task_failed(source: Source, detail: str) -> ValidationTaskError:
+    return ValidationTaskError(
+        f"{source.path}: validation task failed: {detail} "
+        "(a bug or a lack of resources, not a problem in the data)"
+    )
+
+
+def _run_batches(
+    ds: ray.data.Dataset, contract: Contract, source: Source, batch_size: int
+) -> pd.DataFrame:
+    """Every batch's results. Data that cannot be read stops here as a DataError naming the
+    line; any other failure (a bug, out of memory) as a RuntimeError with the task's error."""
+    try:
+        with _ray_data_errors_muted():
+            parts = ds.map_batches(
+                validate_batch,
+                fn_kwargs={"contract_json": contract.model_dump_json()},
+                batch_format="pandas",
+                batch_size=batch_size,
+            ).to_pandas()
+    except ray.exceptions.RayTaskError as e:  # a read task: Ray Data hides pyarrow's error
+        if problem := read_problem(source):
+            raise _unreadable(source, problem) from None
+        cause = e.cause if isinstance(e.cause, BaseException) else e
+        raise _task_failed(source, f"{type(cause).__name__}: {_first_line(cause)}") from e
+    except ray.exceptions.RayError as e:  # out of memory, a worker or node lost
+        raise _task_failed(source, f"{type(e).__name__}: {_first_line(e)}") from e
+    errors = parts[parts.expectation.isin([DATA_ERROR, TASK_ERROR])] if len(parts) else parts
+    if len(errors):
+        detail, trace = json.loads(errors.examples.iloc[0])
+        if errors.expectation.iloc[0] == DATA_ERROR:
+            raise _unreadable(source, read_problem(source) or detail) from None
+        raise _task_failed(source, detail) from TaskTraceback(trace)
+    return parts
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line for line in str(error).splitlines() if line.strip()), "")
 
 
 def _duplicates(
@@ -218,7 +335,7 @@ def validate(
     rows = int(parts.loc[parts.expectation == ROW_COUNT, "rows"].sum())
     tolerance = {c.key: c.max_fraction for c in contract.checks()}
     failures = []
-    results = parts[~parts.expectation.isin([ROW_COUNT, UNIQUE, PROFILE])]
+    results = parts[~parts.expectation.isin(BOOKKEEPING)]
     for key, group in results.groupby(["expectation", "column"], sort=False):
         bad = int(group.bad_rows.sum())
         allowed = int(tolerance.get(key, 0.0) * rows)
@@ -231,6 +348,12 @@ def validate(
         hashes = np.frombuffer(b"".join(blobs), dtype=np.uint64)
         if found := _duplicates(ds, contract, column, hashes):
             failures.append(found)
+    for column in contract.presence_columns if rows else []:
+        found: Counter[str] = Counter()
+        for blob in parts.loc[(parts.expectation == VALUES) & (parts.column == column), "examples"]:
+            found.update(json.loads(blob))
+        if problem := _missing_values(contract, column, found):
+            failures.append(Failure(PRESENCE, column, 0, [problem]))
     bounds = contract.rows
     if rows < bounds.min or (bounds.max is not None and rows > bounds.max):
         expected = f"between {bounds.min} and {bounds.max}" if bounds.max else f">= {bounds.min}"
