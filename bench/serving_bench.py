@@ -42,20 +42,21 @@ def main() -> None:
     import ray.data
     import xgboost as xgb
 
-    from ray_app import features, registry
+    from ray_app import features
     from ray_app.data import synth
     from ray_app.data.contract import load_contract
     from ray_app.evaluate.latency import BODIES, serving_call
+    from ray_app.model.loaded import LoadedModel
+    from ray_app.model.schema import to_records
+    from ray_app.model.scoring import Scorer
     from ray_app.runtime import init_ray
-    from ray_app.serve.predictor import Predictor
-    from ray_app.serve.schema import to_records
 
     contract = load_contract(Path("configs/contract.yaml"))
     with tempfile.TemporaryDirectory() as tmp:
         path = synth.write(Path(tmp) / "churn.csv", args.rows, seed=1)
         dates = [c for c in contract.input_columns if contract.columns[c].type == "date"]
         rows = pd.read_csv(path, parse_dates=dates)
-    init_ray("local", num_cpus=2, include_dashboard=False)
+    init_ray("local", progress=False, num_cpus=2, include_dashboard=False)
     fs = features.fit(ray.data.from_pandas(rows), contract)
     matrix = features.transform(rows, fs)
     booster = xgb.train(
@@ -63,8 +64,7 @@ def main() -> None:
         xgb.DMatrix(matrix, features.encode_label(rows, contract)),
         200,
     )
-    predictor = Predictor.of(registry.LoadedModel("bench", "1", booster, fs))
-    call = serving_call(predictor)
+    call = serving_call(Scorer.of(LoadedModel("bench", "1", booster, fs)))
     figures: dict[int, dict[str, dict[str, float]]] = {}
     for size in BATCHES:
         samples = [rows.sample(size, random_state=i) for i in range(BODIES)]

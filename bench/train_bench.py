@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    init_ray("local", num_cpus=THREADS, include_dashboard=False)
+    init_ray("local", progress=False, num_cpus=THREADS, include_dashboard=False)
     with tempfile.TemporaryDirectory() as storage:
         tiny_project, tiny_plain = run(1_000, 1, Path(storage))
         small = compare("startup", ("project", tiny_project), ("plain", tiny_plain), args.repeats)

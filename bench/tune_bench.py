@@ -19,7 +19,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPTHS, ETAS = [4, 5, 6, 8], [0.05, 0.1, 0.2, 0.3]
-FIXED = {"objective": "binary:logistic", "eval_metric": ["logloss", "auc"], "tree_method": "hist"}
 
 
 def main() -> None:
@@ -34,20 +33,22 @@ def main() -> None:
     import xgboost as xgb
 
     from bench.harness import compare, record
-    from ray_app import pipeline
     from ray_app.config import SearchConfig, load_pipeline_config
     from ray_app.data.contract import load_contract
+    from ray_app.data.sources import builtin_dataset, ingest
+    from ray_app.features import prepare
+    from ray_app.progress import Steps
     from ray_app.runtime import init_ray
     from ray_app.tuning.search import search_prepared
     from ray_app.tuning.trials import TrialData
 
-    init_ray("local", num_cpus=2, include_dashboard=False)
+    init_ray("local", progress=False, num_cpus=2, include_dashboard=False)
     cfg = load_pipeline_config(ROOT / "configs" / "pipeline.yaml")
     contract = load_contract(cfg.contract)
-    quiet = pipeline.Steps(lambda m: None)
-    data = pipeline.builtin_dataset(args.rows, seed=1)
-    snap = pipeline.ingest(cfg, contract, data, quiet)
-    prepared = pipeline.prepare(snap, contract, cfg.data.split, quiet)
+    quiet = Steps(lambda m: None)
+    data = builtin_dataset(args.rows, seed=1)
+    snap = ingest(cfg, contract, data, quiet)
+    prepared = prepare(snap, contract, cfg.data.split, quiet)
     search = SearchConfig.model_validate(
         {
             "algorithm": "grid",
@@ -57,7 +58,6 @@ def main() -> None:
             "early_stopping_rounds": None,
             "asha": {"enabled": False},
             "resources": {"cpus_per_trial": 1},
-            "fixed": FIXED,
             "space": {
                 "max_depth": {"type": "grid", "values": DEPTHS},
                 "eta": {"type": "grid", "values": ETAS},
@@ -71,7 +71,7 @@ def main() -> None:
 
     def tuner() -> None:
         result = search_prepared(
-            cfg, search, snap, prepared, f"bench-{next(searches)}", False, quiet
+            cfg, search, contract, snap, prepared, f"bench-{next(searches)}", False, quiet
         )
         assert result.trials == trials and result.errors == 0
 
@@ -79,7 +79,7 @@ def main() -> None:
         dtrain = xgb.DMatrix(arrays.x_train, label=arrays.y_train, feature_names=names)
         dvalid = xgb.DMatrix(arrays.x_valid, label=arrays.y_valid, feature_names=names)
         for depth, eta in itertools.product(DEPTHS, ETAS):
-            params = {**FIXED, "max_depth": depth, "eta": eta, "nthread": 2, "seed": 42}
+            params = {**cfg.train.params, "max_depth": depth, "eta": eta, "nthread": 2, "seed": 42}
             xgb.train(params, dtrain, args.rounds, evals=[(dvalid, "valid")], verbose_eval=False)
 
     c = compare(

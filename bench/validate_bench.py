@@ -35,7 +35,7 @@ def run_ray(path: Path, contract_path: Path) -> dict:
     from ray_app.data.validate import validate
     from ray_app.runtime import init_ray
 
-    init_ray("local", num_cpus=2, include_dashboard=False)
+    init_ray("local", progress=False, num_cpus=2, include_dashboard=False)
     contract = load_contract(contract_path)
     source = inspect_source(path, contract)
     start = time.perf_counter()

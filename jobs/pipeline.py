@@ -3,6 +3,8 @@
     ray job submit --working-dir . -- python jobs/pipeline.py --config configs/pipeline.yaml
 
 Exit status: 0 model promoted, 1 model trained but not promoted by the gate, 2 bad data.
+A job runs unattended: submitting it is the confirmation that a model which passes the gate
+may take `production` (`--yes`).
 """
 
 import sys
@@ -10,4 +12,4 @@ import sys
 from ray_app.cli import app
 
 if __name__ == "__main__":
-    app(["pipeline", *sys.argv[1:]], prog_name="jobs/pipeline.py")
+    app(["pipeline", "--yes", *sys.argv[1:]], prog_name="jobs/pipeline.py")

@@ -7,30 +7,56 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import requests
 import typer
 
-from ray_app.config import PipelineConfig
-from ray_app.pipeline import PipelineResult
+if TYPE_CHECKING:
+    from ray_app.config import PipelineConfig
+    from ray_app.evaluate.gate import Gates
+    from ray_app.evaluate.job import GateReport
+    from ray_app.pipeline import PipelineResult
 
 app = typer.Typer(
     help="ray_app: validated, tracked, gated XGBoost models on one Ray cluster.",
     no_args_is_help=True,
 )
-data_app = typer.Typer(help="Datasets: the built-in churn table.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: snapshots and the built-in table.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 contract_app = typer.Typer(help="Data contracts.", no_args_is_help=True)
 app.add_typer(contract_app, name="contract")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
+ConfigOption = Annotated[
+    Path, typer.Option(help="pipeline config (contract, gates, data, training, model name)")
+]
+AddressOption = Annotated[
+    str | None, typer.Option(help="Ray address (default: RAY_ADDRESS or a local cluster)")
+]
+ContractOption = Annotated[
+    Path | None, typer.Option(help="data contract (default: the pipeline config's)")
+]
+DataOption = Annotated[
+    Path | None, typer.Option(help="CSV/Parquet file or folder (default: the config's)")
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", help="registered model name (default: the pipeline config's)"),
+]
+YesOption = Annotated[
+    bool, typer.Option("--yes", "-y", help="move production without asking for confirmation")
+]
+
 
 def print_result(result: PipelineResult) -> None:
-    status = (
-        "alias production" if result.promoted else "NOT promoted: " + "; ".join(result.gate_reasons)
-    )
+    if not result.promoted:
+        status = "NOT promoted: " + "; ".join(result.gate_reasons)
+    else:
+        status = "gate passed; " + (
+            f"alias {', '.join(result.aliases)}" if result.aliases else "no alias moved"
+        )
     print(
         f"[done] dataset {result.dataset_version} ({result.rows} rows) -> run {result.run_id} "
         f"-> {result.model_name} v{result.model_version}: {status}"
@@ -47,50 +73,72 @@ def _pairs(values: list[str], what: str) -> dict[str, float]:
     return out
 
 
-def _pipeline_config(path: Path) -> PipelineConfig:
-    """The pipeline config and its gates, both checked before any work starts; a bad file is
-    a bad `--config` value (click's usage error, exit 2) naming the file and the field."""
+def _pipeline_config(path: Path) -> tuple[PipelineConfig, Gates]:
+    """The pipeline config and its gates file, both loaded and checked once, before any work
+    starts; a bad file is a bad `--config` value (click's usage error, exit 2) naming the
+    file and the field."""
     from ray_app.config import ConfigError, load_pipeline_config
-    from ray_app.evaluate.gate import thresholds
+    from ray_app.evaluate.gate import load_gates
 
     try:
         cfg = load_pipeline_config(path)
-        thresholds(cfg.gates, cfg.tracking.model_name)
+        return cfg, load_gates(cfg.gates)
     except (ConfigError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e), param_hint="'--config'") from None
-    return cfg
 
 
-def _run_pipeline(config: Path, address: str | None, **kwargs) -> None:
+def _model_name(config: Path, model: str | None) -> str:
+    if model:
+        return model
+    from ray_app.publish import model_name
+
+    return model_name(_pipeline_config(config)[0])
+
+
+def _confirm(yes: bool):
+    """Asks before production moves, unless `--yes`."""
+    if yes:
+        return None
+
+    def ask(report: GateReport) -> bool:
+        return typer.confirm(
+            f"{report.model_name} version {report.version} passed the gate; move production "
+            f"from {report.champion_version or 'nothing'} to it?"
+        )
+
+    return ask
+
+
+def _run_pipeline(config: Path, address: str | None, yes: bool, **kwargs) -> None:
     from ray_app.data.ingest import DataError
+    from ray_app.data.validate import ValidationTaskError
     from ray_app.pipeline import run
     from ray_app.runtime import init_ray
 
-    cfg = _pipeline_config(config)
+    cfg, gates = _pipeline_config(config)
     init_ray(address)
     try:
-        result = run(cfg, **kwargs)
+        result = run(cfg, gates=gates, confirm=_confirm(yes), **kwargs)
     except DataError as e:
         typer.echo(f"pipeline stopped: {e}", err=True)
         raise typer.Exit(2) from None
+    except ValidationTaskError as e:
+        typer.echo(f"pipeline failed: {e}", err=True)
+        raise typer.Exit(1) from None
     print_result(result)
     raise typer.Exit(0 if result.promoted else 1)
-
-
-ConfigOption = Annotated[Path, typer.Option(help="pipeline config")]
-AddressOption = Annotated[str | None, typer.Option(help="Ray address (default: local)")]
-ContractOption = Annotated[Path | None, typer.Option(help="contract (default: config's)")]
 
 
 @app.command()
 def pipeline(
     config: ConfigOption = Path("configs/pipeline.yaml"),
-    data: Annotated[Path | None, typer.Option(help="CSV/Parquet (default: config's)")] = None,
+    data: DataOption = None,
     contract: ContractOption = None,
     address: AddressOption = None,
+    yes: YesOption = False,
 ) -> None:
     """Validate, snapshot, featurise, train, track, register and gate in one run."""
-    _run_pipeline(config, address, data=data, contract_path=contract)
+    _run_pipeline(config, address, yes, data=data, contract_path=contract)
 
 
 @app.command()
@@ -99,16 +147,17 @@ def train(
     config: ConfigOption = Path("configs/pipeline.yaml"),
     contract: ContractOption = None,
     address: AddressOption = None,
+    yes: YesOption = False,
 ) -> None:
     """Train again on an existing data version: same version, config and seed, same model."""
-    _run_pipeline(config, address, data_version=data_version, contract_path=contract)
+    _run_pipeline(config, address, yes, data_version=data_version, contract_path=contract)
 
 
 @app.command("tune")
 def tune_command(
     config: ConfigOption = Path("configs/pipeline.yaml"),
     search: Annotated[Path, typer.Option(help="search space")] = Path("configs/search_space.yaml"),
-    data: Annotated[Path | None, typer.Option(help="CSV/Parquet (default: config's)")] = None,
+    data: DataOption = None,
     data_version: Annotated[str | None, typer.Option(help="search on this snapshot")] = None,
     name: Annotated[
         str | None, typer.Option(help="search name (default: from data version)")
@@ -124,7 +173,7 @@ def tune_command(
     from ray_app.tuning.search import SearchError, run_search
     from ray_app.tuning.space import NoGpuError
 
-    cfg = _pipeline_config(config)
+    cfg, _ = _pipeline_config(config)
     try:
         space = load_search_config(search)
     except (ConfigError, FileNotFoundError) as e:
@@ -137,29 +186,43 @@ def tune_command(
         raise typer.Exit(2) from None
     typer.echo(
         f"[done] search {result.name}: {result.trials} trials ({result.errors} errors); best "
-        f"{result.best_params} -> {result.model_name} v{result.model_version} (candidate)"
+        f"{result.best_trial_id} -> {result.model_name} v{result.model_version} (candidate); "
+        f"judge it with: rayapp gate {result.model_name}@candidate"
     )
 
 
 @app.command()
 def gate(
-    run: Annotated[str, typer.Option(help="MLflow run id of the candidate model")],
+    model: Annotated[
+        str | None,
+        typer.Argument(help="the version to judge: name@alias, name/version or a run id"),
+    ] = None,
+    run: Annotated[str | None, typer.Option(help="judge the version this run registered")] = None,
     config: ConfigOption = Path("configs/pipeline.yaml"),
+    yes: YesOption = False,
 ) -> None:
-    """Judge a candidate on every gate dimension; only a pass moves staging and production."""
+    """Judge a registered version with every check in the gates file; a pass moves staging,
+    then production (after confirmation, or with --yes)."""
     from mlflow.exceptions import MlflowException
 
     from ray_app import registry, tracking
     from ray_app.config import rayapp_home
     from ray_app.data.ingest import DataError
     from ray_app.evaluate.job import run_gate, write_files
+    from ray_app.model.ref import ModelRef
     from ray_app.runtime import init_ray
 
-    cfg = _pipeline_config(config)
+    if (model is None) == (run is None):
+        raise typer.BadParameter("give exactly one of MODEL or --run")
+    try:
+        ref = ModelRef.parse(model) if model else ModelRef(run_id=run)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="'MODEL'") from None
+    cfg, gates = _pipeline_config(config)
     init_ray(None)
     tracking.configure()
     try:
-        report, moves = run_gate(cfg, run)
+        report, moves = run_gate(cfg, ref, gates, _confirm(yes))
     except (registry.RegistryError, DataError, MlflowException) as e:
         typer.echo(f"gate refused: {e}", err=True)
         raise typer.Exit(2) from None
@@ -186,33 +249,42 @@ def rollback(
     to: Annotated[
         str | None, typer.Option(help="version (default: the previous production)")
     ] = None,
-    model_name: str = "churn_model",
+    model: ModelOption = None,
+    config: ConfigOption = Path("configs/pipeline.yaml"),
+    yes: YesOption = False,
 ) -> None:
     """Move alias `production` back in one step; the running service follows within seconds."""
     from ray_app import registry, tracking
 
+    name = _model_name(config, model)
     tracking.configure()
+    current = registry.aliased_version(name)
+    target = to or "the version before it"
+    if not yes and not typer.confirm(f"Move {name}@production from {current} to {target}?"):
+        raise typer.Exit(1)
     try:
-        move = registry.rollback(model_name, to)
+        move = registry.rollback(name, to)
     except registry.RegistryError as e:
         typer.echo(f"rollback refused: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(
-        f"[rollback] {model_name}@{move.alias}: version {move.from_version} -> "
+        f"[rollback] {name}@{move.alias}: version {move.from_version} -> "
         f"{move.to_version} (run {move.run_id}, data {move.dataset_version}) by {move.by}"
     )
 
 
 @app.command()
 def history(
-    model_name: str = "churn_model",
+    model: ModelOption = None,
     alias: Annotated[str | None, typer.Option(help="only this alias")] = None,
+    config: ConfigOption = Path("configs/pipeline.yaml"),
 ) -> None:
     """Every recorded alias move of a model: when, which versions, why, by whom."""
     from ray_app import registry, tracking
 
+    name = _model_name(config, model)
     tracking.configure()
-    for m in registry.alias_history(model_name, alias):
+    for m in registry.alias_history(name, alias):
         typer.echo(
             f"{m.when}  {m.alias:<11} {m.from_version or '-':>4} -> {m.to_version:<4} "
             f"by {m.by:<10} data {m.dataset_version or '-'}  {m.reason}"
@@ -263,14 +335,20 @@ def data_versions(
 @data_app.command("synth")
 def synth_command(
     out: Annotated[Path, typer.Option(help="output .csv or .parquet")],
-    rows: Annotated[int, typer.Option(min=1_000, max=10_000_000)] = 20_000,
-    seed: int = 42,
+    rows: Annotated[int, typer.Option(min=1_000, max=10_000_000, help="rows to write")] = 20_000,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same file")] = 42,
     shift: Annotated[list[str], typer.Option(help="drift: COLUMN=DELTA")] = [],  # noqa: B006
     churn_rate: Annotated[float | None, typer.Option(help="drift: class balance")] = None,
     nulls: Annotated[list[str], typer.Option(help="corruption: COLUMN=FRACTION")] = [],  # noqa: B006
-    negative_amounts: float = 0.0,
-    future_dates: float = 0.0,
-    numbers_as_strings: Annotated[list[str], typer.Option(help="COLUMN=FRACTION")] = [],  # noqa: B006
+    negative_amounts: Annotated[
+        float, typer.Option(help="corruption: fraction of negative charges")
+    ] = 0.0,
+    future_dates: Annotated[
+        float, typer.Option(help="corruption: fraction of dates in the future")
+    ] = 0.0,
+    numbers_as_strings: Annotated[
+        list[str], typer.Option(help="corruption: COLUMN=FRACTION of numbers written as text")
+    ] = [],  # noqa: B006
     swap: Annotated[str | None, typer.Option(help="corruption: swap two columns A,B")] = None,
 ) -> None:
     """Write the built-in customer-churn table, optionally drifted or corrupted."""
@@ -309,9 +387,12 @@ def _wait_ready(url: str, timeout_s: float) -> None:
 @app.command()
 def predict(
     file: Annotated[Path | None, typer.Option(help='JSON file {"instances": [...]}')] = None,
-    sample: Annotated[bool, typer.Option(help="send the production model's logged sample")] = False,
-    url: str = DEFAULT_URL,
-    model_name: str = "churn_model",
+    sample: Annotated[
+        bool, typer.Option(help="send the input example logged with the production model")
+    ] = False,
+    url: Annotated[str, typer.Option(help="the service's base URL")] = DEFAULT_URL,
+    model: ModelOption = None,
+    config: ConfigOption = Path("configs/pipeline.yaml"),
     wait: Annotated[float, typer.Option(help="seconds to wait for the service")] = 0.0,
 ) -> None:
     """POST a request to the running service and print the answer."""
@@ -319,10 +400,12 @@ def predict(
         raise typer.BadParameter("give exactly one of --file or --sample")
     if sample:
         from ray_app import tracking
-        from ray_app.pipeline import sample_request
+        from ray_app.model.loaded import sample_request
+        from ray_app.model.ref import ModelRef
 
+        name = _model_name(config, model)
         tracking.configure()
-        body = sample_request(model_name)
+        body = sample_request(ModelRef.parse(name))
     else:
         body = json.loads(file.read_text())  # type: ignore[union-attr]
     if wait:

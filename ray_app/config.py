@@ -78,7 +78,7 @@ class TrainConfig(Strict):
 
 class TrackingConfig(Strict):
     experiment: str = "ray_app"
-    model_name: str = "churn_model"
+    model_name: str | None = None  # the registered model; None: the contract's name
 
 
 class PipelineConfig(Strict):
@@ -134,7 +134,7 @@ class DistributedConfig(Strict):
 
 class SearchConfig(Strict):
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
-    metric: str = "valid-logloss"  # <eval set>-<xgboost eval_metric>, as xgboost names it
+    metric: str = "logloss"  # an `eval_metric` of training's params, on the validation split
     mode: Literal["min", "max"] = "min"
     num_samples: int = Field(16, ge=1)  # trials (for grid: repeats of the whole grid)
     max_concurrent_trials: int = Field(2, ge=1)
@@ -148,18 +148,12 @@ class SearchConfig(Strict):
     asha: AshaConfig = AshaConfig()
     resources: TrialResources = TrialResources()
     distributed: DistributedConfig = DistributedConfig()
-    fixed: dict[str, Any] = Field(default_factory=dict)  # XGBoost params every trial shares
+    # XGBoost params every trial shares beyond training's own (pipeline config `train.params`)
+    fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Dimension]
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchConfig:
-        data_set, _, name = self.metric.partition("-")
-        if data_set not in ("train", "valid") or not name:
-            raise ValueError(f"metric must look like 'valid-logloss', got {self.metric!r}")
-        evaluated = self.fixed.get("eval_metric", [])
-        evaluated = [evaluated] if isinstance(evaluated, str) else evaluated
-        if name not in evaluated:
-            raise ValueError(f"metric {self.metric!r} needs {name!r} in fixed.eval_metric")
         if self.checkpoint_every % self.report_every:
             raise ValueError("checkpoint_every must be a multiple of report_every")
         grid = any(d.type == "grid" for d in self.space.values())
@@ -186,20 +180,42 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
-def load_pipeline_config(path: str | Path) -> PipelineConfig:
-    """Load and validate `configs/pipeline.yaml`; relative paths are taken from the project root."""
-    path = Path(path).resolve()
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid on `base` key by key, nested mappings merged the same way."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(out.get(key), dict) else value
+    return out
+
+
+def _pipeline_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A pipeline file with its paths made absolute, laid over the file it `extends:`."""
     raw = load_yaml(path)
     root = path.parent.parent
     for key in ("contract", "gates"):
         if key in raw and not Path(raw[key]).is_absolute():
             raw[key] = str(root / raw[key])
-    data = raw.get("data", {})
+    data = raw.get("data") or {}
     for key in ("path", "store"):
         value = data.get(key)
         if value and "://" not in str(value) and not Path(value).is_absolute():
             data[key] = str((root / value).resolve())
-    return validate(PipelineConfig, raw, str(path))
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    base_path = (path.parent / base).resolve()
+    if base_path in (path, *seen):
+        raise ConfigError(f"{path}: extends {base} in a cycle")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends {base}, which is not a file ({base_path})")
+    return merge(_pipeline_raw(base_path, (*seen, path)), raw)
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    """Load and validate a pipeline config. Relative paths are taken from the project root
+    (the config folder's parent); `extends: other.yaml` (beside it) states only differences."""
+    path = Path(path).resolve()
+    return validate(PipelineConfig, _pipeline_raw(path), str(path))
 
 
 def rayapp_home() -> Path:

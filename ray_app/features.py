@@ -10,6 +10,7 @@ cannot drift apart (tests/test_features.py proves it).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,7 +19,10 @@ import pandas as pd
 import ray.data
 from ray.data.preprocessors import OrdinalEncoder
 
+from ray_app.config import SplitConfig
 from ray_app.data.contract import Contract
+from ray_app.data.snapshot import Snapshot, read_snapshot
+from ray_app.data.split import TEST, TRAIN, VALID, split_dataset
 
 LABEL = "label"  # column holding the 0/1 target in transformed datasets
 _NULL = "__null__"  # placeholder so the encoder never sees nulls; never part of a vocabulary
@@ -120,3 +124,29 @@ def _model_frame(batch: pd.DataFrame, fs_json: str) -> pd.DataFrame:
 def transform_dataset(ds: ray.data.Dataset, fs: FeatureSet) -> ray.data.Dataset:
     """The batch path: features plus the 0/1 label for every row of a Ray dataset."""
     return ds.map_batches(_model_frame, fn_kwargs={"fs_json": fs.to_json()}, batch_format="pandas")
+
+
+@dataclass
+class ModelData:
+    """A snapshot split by id and turned into model inputs, with the fitted features."""
+
+    features: FeatureSet
+    raw: dict[str, ray.data.Dataset]  # train/valid/test as typed rows of the contract (lazy)
+    splits: dict[str, ray.data.Dataset]  # the same, transformed and materialised
+    counts: dict[str, int]
+
+
+def prepare(
+    snap: Snapshot, contract: Contract, split: SplitConfig, log: Callable[[str], None]
+) -> ModelData:
+    """Split, fit features on train only, transform every split: what training and tuning
+    both start from."""
+    raw = split_dataset(read_snapshot(snap).materialize(), contract.id_column, split)
+    fs = fit(raw[TRAIN], contract)
+    model_data = {k: transform_dataset(v, fs).materialize() for k, v in raw.items()}
+    counts = {k: v.count() for k, v in model_data.items()}
+    log(
+        f"[features] {len(fs.feature_names)} features fitted on train; rows train/valid/test = "
+        f"{counts[TRAIN]}/{counts[VALID]}/{counts[TEST]}"
+    )
+    return ModelData(fs, raw, model_data, counts)

@@ -1,26 +1,38 @@
-"""Classification metrics, named once here and used by tracking, the gate and reports."""
+"""Metric and split names, defined once, and the classification metrics every stage reports.
+
+Training, tuning, the gate, tracking and reports all name metrics through these constants;
+XGBoost's own evaluation keys (`valid-logloss`) are built by `eval_key`, never parsed.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
-import pandas as pd
-import ray.data
-import xgboost as xgb
 from sklearn import metrics as skm
 
-from ray_app.features import LABEL
+from ray_app.data.split import TEST
 
-ROC_AUC, F1, PRECISION, RECALL, ACCURACY, LOGLOSS = (
+ROC_AUC, PR_AUC, F1, PRECISION, RECALL, ACCURACY, LOGLOSS = (
     "roc_auc",
+    "pr_auc",
     "f1",
     "precision",
     "recall",
     "accuracy",
     "logloss",
 )
-PROBA = "proba"
+AT_THRESHOLD = (ROC_AUC, F1, PRECISION, RECALL, ACCURACY, LOGLOSS)  # classification_metrics
+ALL = (*AT_THRESHOLD, PR_AUC)  # the gate's test metrics (full_metrics)
+LOWER_IS_BETTER = frozenset({LOGLOSS})
+
+
+def eval_key(split: str, metric: str) -> str:
+    """XGBoost's name for an evaluation metric on a split: `valid-logloss`."""
+    return f"{split}-{metric}"
+
+
+def test_key(metric: str) -> str:
+    """How a test-split metric is logged to MLflow: `test_roc_auc`."""
+    return f"{TEST}_{metric}"
 
 
 def classification_metrics(
@@ -37,33 +49,3 @@ def classification_metrics(
         ACCURACY: float(skm.accuracy_score(y_true, y_pred)),
         LOGLOSS: float(skm.log_loss(y_true, proba, labels=[0, 1])),
     }
-
-
-@lru_cache(maxsize=2)
-def _booster(model: bytes) -> xgb.Booster:
-    """One deserialised booster per worker process and model."""
-    return xgb.Booster(model_file=bytearray(model))
-
-
-def _score_batch(batch: pd.DataFrame, model: bytes, feature_names: list[str]) -> pd.DataFrame:
-    proba = _booster(model).inplace_predict(batch[feature_names])
-    return pd.DataFrame({LABEL: batch[LABEL].to_numpy(), PROBA: proba})
-
-
-# Below this many rows a split is scored in the calling process: starting Ray Data tasks that
-# import xgboost costs seconds, more than scoring a few hundred thousand rows.
-LOCAL_SCORING_ROWS = 500_000
-
-
-def score(ds: ray.data.Dataset, booster: xgb.Booster, feature_names: list[str]) -> pd.DataFrame:
-    """Labels and probabilities for a transformed dataset, scored in Ray Data tasks (or here,
-    for small splits); only these two columns come back to the driver."""
-    model = bytes(booster.save_raw("ubj"))
-    if ds.count() <= LOCAL_SCORING_ROWS:
-        frame = ds.select_columns([*feature_names, LABEL]).to_pandas()
-        return _score_batch(frame, model, feature_names)
-    return ds.map_batches(
-        _score_batch,
-        fn_kwargs={"model": model, "feature_names": feature_names},
-        batch_format="pandas",
-    ).to_pandas()

@@ -1,4 +1,8 @@
-"""Ray start-up for entry points (jobs, CLI, notebooks); library modules never call ray.init."""
+"""Ray start-up and process environment for entry points (jobs, CLI, notebooks, benchmarks).
+
+Library modules never call `ray.init` or set environment variables; what the processes of a
+run need is decided here, once, before Ray starts.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,29 @@ import os
 
 import ray
 
-# Ray Train's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default)
-# and each report waits for that poll; 0.1 s makes start-up and the final report cheap.
-TRAIN_POLL_INTERVAL_S = "0.1"
+ENVIRONMENT = {
+    # Ray Train's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
+    # default) and each report waits for that poll; 0.1 s makes start-up and reports cheap.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    # Tune saves its experiment state at most this often; a killed search resumes from it, so
+    # a trial finished more than this long before the kill is never run again.
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",
+    "GX_ANALYTICS_ENABLED": "false",  # Great Expectations' telemetry
+}
 
 
-def init_ray(address: str | None = None, **kwargs) -> None:
-    """Connect to a running cluster (address, RAY_ADDRESS or a local `ray start`) or start one."""
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_INTERVAL_S)
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, **kwargs)
+def init_ray(address: str | None = None, progress: bool = True, **kwargs) -> None:
+    """Connect to a running cluster (address, RAY_ADDRESS or a local `ray start`) or start one.
+    With `progress`, Ray Data's progress bars and the workers' logs reach this process (and so
+    `ray job logs`); tests turn both off."""
+    for key, value in ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return  # whoever started it chose its settings (a notebook, a test session)
+    ray.init(address=address, log_to_driver=progress, **kwargs)
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
+    context.enable_progress_bars = progress
     # Rows reach training in the same order every run, so a data version, config and seed
     # reproduce a byte-identical model.
     context.execution_options.preserve_order = True
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)

@@ -1,10 +1,14 @@
-"""Ray Train XGBoost: one trainer builder shared by the pipeline, tuning and benchmarks.
+"""Ray Train XGBoost: one boosting loop and one trainer builder, shared by the pipeline,
+tuning and benchmarks.
 
-Each worker trains on its shard of the transformed data; rank 0 saves the booster in XGBoost's
-own UBJ format into the one checkpoint of the run. Ray Train hears about progress once, at the
-end, unless a Tune trial asks for a report every N rounds: each `ray.train.report` waits for the
-controller's poll (`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`), so a report per round would cost more
-than the training itself.
+`boost` is the loop every model is trained with, in a Ray Train worker or in a single-process
+Tune trial: the same early-stopping rule (XGBoost's `EarlyStopping`, keeping the best round)
+and the same round counting (`summary`). Each worker trains on its shard of the transformed
+data; rank 0 saves the booster in XGBoost's own UBJ format into the one checkpoint of the
+run. Ray Train hears about progress once, at the end, unless a Tune trial asks for a report
+every N rounds: each `ray.train.report` waits for the controller's poll
+(`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`), so a report per round would cost more than the
+training itself.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray.data
 import ray.train
 import xgboost as xgb
 from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 
 from ray_app.config import TrainConfig
+from ray_app.data.split import TRAIN, VALID
 from ray_app.features import LABEL
+from ray_app.metrics import eval_key
 
-TRAIN, VALID = "train", "valid"
+ROUNDS = "rounds"  # boosting rounds run (early stopping may keep fewer): ASHA's clock
+MODEL_ROUNDS = "model_rounds"  # rounds in the kept model
 
 
 @dataclass
@@ -40,7 +46,61 @@ def _dmatrix(split: str, feature_names: list[str]) -> xgb.DMatrix:
 
 def metrics_at(evals_log: dict[str, dict[str, list[float]]], index: int) -> dict[str, float]:
     """Evaluation metrics after a round, named as xgboost names them (`valid-logloss`)."""
-    return {f"{data}-{m}": float(v[index]) for data, ms in evals_log.items() for m, v in ms.items()}
+    return {
+        eval_key(data, m): float(v[index]) for data, ms in evals_log.items() for m, v in ms.items()
+    }
+
+
+def boost(
+    params: dict[str, Any],
+    dtrain: xgb.DMatrix,
+    dvalid: xgb.DMatrix,
+    rounds: int,
+    early_stopping_rounds: int | None,
+    metric: str | None = None,
+    callbacks: list[xgb.callback.TrainingCallback] | None = None,
+    start_from: xgb.Booster | None = None,
+) -> xgb.Booster:
+    """The boosting loop: validation metrics each round and, with `early_stopping_rounds`,
+    a stop when `metric` (default: the last of `eval_metric`) stops improving, keeping the
+    model at its best round. `callbacks` run after early stopping, so they see the kept model."""
+    stop = (
+        [
+            xgb.callback.EarlyStopping(
+                early_stopping_rounds, metric_name=metric, data_name=VALID, save_best=True
+            )
+        ]
+        if early_stopping_rounds
+        else []
+    )
+    return xgb.train(
+        params,
+        dtrain,
+        num_boost_round=rounds,
+        evals=[(dvalid, VALID)],
+        xgb_model=start_from,
+        callbacks=[*stop, *(callbacks or [])],
+        verbose_eval=False,
+    )
+
+
+def summary(evals_log: dict, booster: xgb.Booster, start: int = 0) -> dict[str, float]:
+    """Validation metrics of the kept model, the rounds run (counting from 0 even when
+    resumed at `start`) and the rounds kept."""
+    trained = len(next(iter(evals_log[VALID].values())))
+    kept = booster.num_boosted_rounds()
+    return {**metrics_at(evals_log, kept - start - 1), ROUNDS: start + trained, MODEL_ROUNDS: kept}
+
+
+class _History(xgb.callback.TrainingCallback):
+    """Keeps the evaluation log, for `summary` after training."""
+
+    def __init__(self) -> None:
+        self.evals_log: dict = {}
+
+    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
+        self.evals_log = evals_log
+        return False
 
 
 class _ProgressReport(xgb.callback.TrainingCallback):
@@ -51,7 +111,7 @@ class _ProgressReport(xgb.callback.TrainingCallback):
 
     def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
         if (epoch + 1) % self.every == 0:
-            ray.train.report({**metrics_at(evals_log, epoch), "rounds": epoch + 1})
+            ray.train.report({**metrics_at(evals_log, epoch), ROUNDS: epoch + 1})
         return False
 
 
@@ -62,23 +122,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     it); otherwise once, at the end, with the model.
     """
     names = config["feature_names"]
-    dtrain, dvalid = _dmatrix(TRAIN, names), _dmatrix(VALID, names)
-    history: dict[str, dict[str, list[float]]] = {}
-    booster = xgb.train(
+    history = _History()
+    callbacks: list[xgb.callback.TrainingCallback] = [history]
+    if config.get("report_every"):
+        callbacks.append(_ProgressReport(config["report_every"]))
+    booster = boost(
         config["params"],
-        dtrain,
-        num_boost_round=config["num_boost_round"],
-        evals=[(dvalid, VALID)],
-        evals_result=history,
-        early_stopping_rounds=config.get("early_stopping_rounds"),
-        callbacks=[_ProgressReport(config["report_every"])] if config.get("report_every") else [],
-        verbose_eval=False,
+        _dmatrix(TRAIN, names),
+        _dmatrix(VALID, names),
+        config["num_boost_round"],
+        config.get("early_stopping_rounds"),
+        config.get("metric"),
+        callbacks,
     )
-    trained = len(next(iter(history[VALID].values())))
-    if config.get("early_stopping_rounds"):
-        booster = booster[: booster.best_iteration + 1]
-    rounds = booster.num_boosted_rounds()
-    metrics = {**metrics_at(history, rounds - 1), "rounds": trained, "model_rounds": rounds}
+    metrics = summary(history.evals_log, booster)
     if ray.train.get_context().get_world_rank() == 0:
         with tempfile.TemporaryDirectory() as d:
             booster.save_model(str(Path(d) / RayTrainReportCallback.CHECKPOINT_NAME))
@@ -101,6 +158,7 @@ def build_trainer(
     name: str,
     report_every: int = 0,
     callbacks: list | None = None,
+    metric: str | None = None,
 ) -> XGBoostTrainer:
     """The XGBoostTrainer for one training run: workers, threads and rounds from config.
     Tune trials pass `report_every` and Tune's `TuneReportCallback` in `callbacks`."""
@@ -110,6 +168,7 @@ def build_trainer(
         "early_stopping_rounds": cfg.early_stopping_rounds,
         "feature_names": feature_names,
         "report_every": report_every,
+        "metric": metric,
     }
     return XGBoostTrainer(
         train_loop_per_worker,
@@ -147,8 +206,3 @@ def train(
     ).fit()
     booster = RayTrainReportCallback.get_model(result.checkpoint)
     return TrainResult(booster, dict(result.metrics), result.checkpoint.path)
-
-
-def predict_proba(booster: xgb.Booster, features: np.ndarray | Any) -> np.ndarray:
-    """Positive-class probabilities; `features` columns in the booster's feature order."""
-    return booster.inplace_predict(features)

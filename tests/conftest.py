@@ -44,7 +44,7 @@ def ray_session(isolated_env: Path):
 
     # 4 logical CPUs on 2 cores: Serve replicas (under 1 CPU) and a 2-CPU training run fit at once.
     # One logical GPU (no CUDA here): Tune's GPU trials are really scheduled on it.
-    init_ray("local", num_cpus=4, num_gpus=1, include_dashboard=False)
+    init_ray("local", progress=False, num_cpus=4, num_gpus=1, include_dashboard=False)
     yield ray
     ray.shutdown()
 
@@ -121,7 +121,7 @@ class SlowBooster:
 @pytest.fixture(scope="session")
 def slowed():
     """`slowed(model, delay)`: the same LoadedModel, `delay` seconds slower per prediction."""
-    from ray_app.registry import LoadedModel
+    from ray_app.model.loaded import LoadedModel
 
     def slow(model: LoadedModel, delay: float) -> LoadedModel:
         return dataclasses.replace(model, booster=SlowBooster(model.booster, delay))

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ray_app.evaluate import checks
+from ray_app.evaluate import checks, gate
 
 
 def _world(n: int = 20_000, rate: float = 0.3, seed: int = 0):
@@ -39,9 +39,8 @@ def test_full_metrics_add_pr_auc_and_the_confusion_matrix():
 
 
 def test_quality_floors_and_ceilings_name_the_metric():
-    results = checks.quality(
-        {"roc_auc": 0.7, "logloss": 0.5}, {"min_roc_auc": 0.8, "max_logloss": 0.6}
-    )
+    bounds = [gate.Bound("roc_auc", True, 0.8), gate.Bound("logloss", False, 0.6)]
+    results = checks.quality({"roc_auc": 0.7, "logloss": 0.5}, bounds)
     assert [r.passed for r in results] == [False, True]
     assert results[0].reason == "roc_auc 0.7000 < floor 0.8000"
 
@@ -71,7 +70,7 @@ def test_a_segment_where_the_model_is_blind_fails_and_is_named():
         y,
         proba,
         ["plan", "age"],
-        {"min_roc_auc": 0.7, "min_rows": 50, "bins": {"age": [18, 40, 60, 81]}},
+        gate.Slices(min_roc_auc=0.7, min_rows=50, bins={"age": [18, 40, 60, 81]}),
     )
     failed = [r for r in results if not r.passed]
     assert [r.name for r in failed] == ["plan=premium"]
@@ -82,17 +81,16 @@ def test_a_segment_where_the_model_is_blind_fails_and_is_named():
 def test_tiny_segments_are_reported_not_failed():
     y, truth, frame = _world(n=2_000)
     results = checks.slices(
-        frame, y, truth, ["age"], {"min_roc_auc": 0.99, "min_rows": 10_000, "bins": {}}
+        frame, y, truth, ["age"], gate.Slices(min_roc_auc=0.99, min_rows=10_000, bins={})
     )
     assert all(r.passed and "not judged" in r.reason for r in results)
 
 
 def test_miscalibrated_model_fails_calibration_with_its_curve():
     y, truth, _ = _world()
-    good = checks.calibration(y, truth, {"max_ece": 0.05, "bins": 10})
-    bad = checks.calibration(
-        y, np.sqrt(truth), {"max_ece": 0.05, "bins": 10}
-    )  # over-confident in churn
+    limits = gate.Calibration(max_ece=0.05, bins=10)
+    good = checks.calibration(y, truth, limits)
+    bad = checks.calibration(y, np.sqrt(truth), limits)  # over-confident in churn
     assert good.passed and not bad.passed
     assert bad.reason.startswith("ece ") and "> ceiling 0.0500" in bad.reason
     assert len(bad.details["reliability"]) >= 5
@@ -100,7 +98,7 @@ def test_miscalibrated_model_fails_calibration_with_its_curve():
 
 @pytest.fixture
 def limits():
-    return {"primary_metric": "roc_auc", "min_improvement": 0.005, "tolerance": {"logloss": 0.01}}
+    return gate.Champion(min_improvement=0.005, tolerance={"logloss": 0.01})
 
 
 def _noisy(truth: np.ndarray) -> np.ndarray:
@@ -111,26 +109,23 @@ def test_worse_challenger_fails_against_the_champion(limits):
     y, truth, _ = _world()
     champ = checks.full_metrics(y, truth, 0.5)
     challenger = checks.full_metrics(y, _noisy(truth), 0.5)
-    results = checks.champion(challenger, champ, "3", limits)
+    results = checks.champion(challenger, champ, "3", limits, "roc_auc")
     assert not results[0].passed and "vs production v3" in results[0].reason
 
 
 def test_better_challenger_passes_and_first_model_needs_no_champion(limits):
     y, truth, _ = _world()
     better, worse = checks.full_metrics(y, truth, 0.5), checks.full_metrics(y, _noisy(truth), 0.5)
-    assert all(r.passed for r in checks.champion(better, worse, "3", limits))
-    (first,) = checks.champion(better, None, None, limits)
+    assert all(r.passed for r in checks.champion(better, worse, "3", limits, "roc_auc"))
+    (first,) = checks.champion(better, None, None, limits, "roc_auc")
     assert first.passed and "no production model" in first.reason
-    (itself,) = checks.champion(better, None, "4", limits)
+    (itself,) = checks.champion(better, None, "4", limits, "roc_auc")
     assert itself.passed and "is production v4 itself" in itself.reason
 
 
-FAIRNESS = {
-    "demographic_parity_ratio": [0.8, 1.25],
-    "min_equalized_odds_ratio": 0.7,
-    "min_rows": 100,
-    "columns": {},
-}
+FAIRNESS = gate.Fairness(
+    demographic_parity_ratio=(0.8, 1.25), min_equalized_odds_ratio=0.7, min_rows=100, columns={}
+)
 
 
 def test_model_biased_against_one_group_fails_fairness():
@@ -157,16 +152,19 @@ def test_fairness_criteria_can_be_chosen_per_column():
     y, truth, frame = _world()
     frame["gender"] = np.random.default_rng(3).choice(["female", "male"], len(y))
     pred = (truth >= 0.5).astype(int)
-    limits = {**FAIRNESS, "columns": {"gender": ["equalized_odds"], "plan": ["demographic_parity"]}}
+    columns = {"gender": ["equalized_odds"], "plan": ["demographic_parity"]}
+    limits = FAIRNESS.model_copy(update={"columns": columns})
     results = checks.fairness(frame, y, pred, [], limits)
     assert [r.name for r in results] == ["gender equalized odds", "plan demographic parity"]
 
 
-ROBUSTNESS = {
-    "seed": 0,
-    "noise": {"std": 0.1, "max_drop": {"roc_auc": 0.03}},
-    "missing": {"fraction": 0.2, "max_drop": {"roc_auc": 0.05}},
-}
+ROBUSTNESS = gate.Robustness.model_validate(
+    {
+        "seed": 0,
+        "noise": {"std": 0.1, "max_drop": {"roc_auc": 0.03}},
+        "missing": {"fraction": 0.2, "max_drop": {"roc_auc": 0.05}},
+    }
+)
 
 
 def _robustness(score):
@@ -210,7 +208,7 @@ def test_model_leaning_on_a_leaked_label_fails_explainability():
     y = (x[:, 0] + x[:, 1] + rng.normal(0, 1, 4_000) > 0).astype(int)
     leak = y + rng.normal(0, 0.01, 4_000)
     names = ["a", "b", "c", "d", "refund_issued"]
-    limits = {"max_top_feature_share": 0.6}
+    limits = gate.Explainability(sample_rows=100, max_top_feature_share=0.6)
     for data, leaked in ((x, False), (np.column_stack([x, leak]), True)):
         cols = names[: data.shape[1]]
         booster = xgb.train({"max_depth": 3}, xgb.DMatrix(data, y, feature_names=cols), 30)

@@ -16,9 +16,10 @@ from mlflow.tracking import MlflowClient
 from ray import serve
 from typer.testing import CliRunner
 
-from ray_app import features, pipeline, registry, tracking
+from ray_app import pipeline, registry, tracking
 from ray_app.cli import app as cli
 from ray_app.data import synth
+from ray_app.model.loaded import load, log_model, sample_request
 from ray_app.serve.app import app_builder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,9 @@ def test_mlflow_run_records_lineage_and_artifacts(result):
     client = MlflowClient()
     run = client.get_run(result.run_id)
     assert run.data.tags["dataset_version"] == result.dataset_version
-    assert len(run.data.tags["git_commit"]) >= 7
+    assert len(run.data.tags["mlflow.source.git.commit"]) >= 7
+    [dataset] = run.inputs.dataset_inputs  # MLflow's own lineage: the data version as digest
+    assert dataset.dataset.digest == result.dataset_version
     assert {
         "test_roc_auc",
         "test_f1",
@@ -68,27 +71,22 @@ def test_mlflow_run_records_lineage_and_artifacts(result):
     } <= set(run.data.metrics)
     assert run.data.params["max_depth"] == "6"
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {
-        "feature_importance.png",
-        "preprocessor",
-        "config",
-        "validation",
-        pipeline.SAMPLE_REQUEST,
-    } <= artifacts
+    assert {"feature_importance.png", "config", "validation"} <= artifacts
 
     version = registry.version_for(result.model_name)
     assert str(version.version) == result.model_version
     assert version.tags["dataset_version"] == result.dataset_version
-    loaded = registry.load(result.model_name)
+    loaded = load(result.model_name)
     assert loaded.features.feature_names == loaded.booster.feature_names
+    assert loaded.lineage["dataset_version"] == result.dataset_version
     model_files = mlflow.artifacts.download_artifacts(
         f"models:/{result.model_name}/{version.version}"
     )
-    assert (Path(model_files) / "model.ubj").is_file()
+    assert (Path(model_files) / "artifacts" / "model.ubj").is_file()
 
 
 def test_prediction_over_http(result, service):
-    sample = pipeline.sample_request(result.model_name)
+    sample = sample_request(result.model_name)
     response = requests.post(f"{service}/predict", json=sample, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -101,13 +99,27 @@ def test_prediction_over_http(result, service):
         assert p["label"] == int(p["probability"] >= body["threshold"])
 
 
+def test_mlflow_pyfunc_on_raw_rows_answers_like_the_service(result, service):
+    sample = sample_request(result.model_name)
+    served = requests.post(f"{service}/predict", json=sample, timeout=30).json()
+    model = mlflow.pyfunc.load_model(f"models:/{result.model_name}/{served['model_version']}")
+    contract = load(result.model_name).contract
+    assert model.metadata.get_input_schema().input_names() == contract.input_columns  # raw
+    answer = model.predict(
+        pd.DataFrame(sample["instances"]), params={"threshold": served["threshold"]}
+    )
+    expected = served["predictions"]
+    assert answer["probability"].tolist() == pytest.approx([p["probability"] for p in expected])
+    assert answer["label"].tolist() == [p["label"] for p in expected]
+
+
 def test_explain_names_the_features_behind_each_prediction(result, service):
-    sample = pipeline.sample_request(result.model_name)
+    sample = sample_request(result.model_name)
     response = requests.post(f"{service}/explain?top_k=3", json=sample, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
     predicted = requests.post(f"{service}/predict", json=sample, timeout=30).json()
-    features = set(registry.load(result.model_name).features.feature_names)
+    features = set(load(result.model_name).features.feature_names)
     for row, prediction in zip(body["explanations"], predicted["predictions"], strict=True):
         assert row["probability"] == pytest.approx(prediction["probability"])
         assert len(row["contributions"]) == 3
@@ -117,7 +129,7 @@ def test_explain_names_the_features_behind_each_prediction(result, service):
 
 
 def test_bad_requests_get_422_naming_the_field_and_service_keeps_serving(result, service):
-    good = pipeline.sample_request(result.model_name)["instances"][0]
+    good = sample_request(result.model_name)["instances"][0]
     cases = [
         ({"instances": []}, "instances"),
         ({"instances": [{**good, "plan": "gold"}]}, "instances.0.plan"),
@@ -175,6 +187,7 @@ def test_same_data_version_config_and_seed_give_identical_model_bytes(result, pi
             result.dataset_version,
             "--config",
             str(pipeline_yaml),
+            "--yes",
         ],
     )
     assert out.exit_code == 0, out.output
@@ -186,7 +199,7 @@ def test_same_data_version_config_and_seed_give_identical_model_bytes(result, pi
 
     def model_bytes(version: str) -> bytes:
         local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}")
-        return (Path(local) / "model.ubj").read_bytes()
+        return (Path(local) / "artifacts" / "model.ubj").read_bytes()
 
     assert model_bytes(again.version) == model_bytes(result.model_version)
 
@@ -214,34 +227,33 @@ def test_rollback_moves_production_back_and_the_service_follows(result, service,
     moves = registry.alias_history(result.model_name, registry.PRODUCTION)
     assert moves[-1].to_version == newer.model_version and moves[-1].reason.startswith("gate")
     assert moves[-1].run_id == newer.run_id and moves[-1].dataset_version == result.dataset_version
-    body = {"instances": pipeline.sample_request(result.model_name)["instances"]}
+    body = {"instances": sample_request(result.model_name)["instances"]}
     _wait_for_version(service, body, newer.model_version)
 
-    out = CliRunner().invoke(cli, ["rollback", "--model-name", result.model_name])
+    out = CliRunner().invoke(cli, ["rollback", "--model", result.model_name, "--yes"])
     assert out.exit_code == 0, out.output
     back = moves[-1].from_version
     assert f"version {newer.model_version} -> {back}" in out.output
     assert str(registry.version_for(result.model_name).version) == back
     _wait_for_version(service, body, back)  # the same replica, reloaded in place
 
-    out = CliRunner().invoke(cli, ["rollback", "--model-name", result.model_name, "--to", back])
+    out = CliRunner().invoke(cli, ["rollback", "--model", result.model_name, "--to", back, "--yes"])
     assert out.exit_code == 2 and "already points at version" in out.output
-    out = CliRunner().invoke(cli, ["history", "--model-name", result.model_name])
+    out = CliRunner().invoke(cli, ["history", "--model", result.model_name])
     assert f"rollback from version {newer.model_version}" in out.output
 
 
 def test_a_version_with_another_request_schema_waits_for_a_redeploy(result, service):
     name = result.model_name
-    serving = registry.load(name)
+    serving = load(name)
     contract = copy.deepcopy(serving.features.contract)
     contract["columns"]["age"]["max"] = 90  # another contract: requests validate differently
     narrower = dataclasses.replace(serving.features, contract=contract)
-    sample = pipeline.sample_request(name)
-    example = features.transform(pd.DataFrame(sample["instances"]), narrower)
+    sample = sample_request(name)
     with mlflow.start_run():
-        info = registry.log_model(serving.booster, narrower, example, {})
+        info = log_model(serving.booster, narrower, sample["instances"], {})
     other = registry.register(info.model_uri, name, {})
-    registry.move_alias(name, registry.PRODUCTION, other.version, "test: another contract")
+    registry.promote(name, registry.PRODUCTION, other.version, "test", "", serving.version)
     try:
         deadline, health = time.monotonic() + 30, {}
         while time.monotonic() < deadline and not health.get("held_back"):
@@ -252,7 +264,7 @@ def test_a_version_with_another_request_schema_waits_for_a_redeploy(result, serv
         answer = requests.post(f"{service}/predict", json=sample, timeout=30)
         assert answer.status_code == 200 and answer.json()["model_version"] == serving.version
     finally:
-        registry.move_alias(name, registry.PRODUCTION, serving.version, "test: restore")
+        registry.promote(name, registry.PRODUCTION, serving.version, "test", "", other.version)
     deadline = time.monotonic() + 30
     while requests.get(f"{service}/healthz", timeout=10).json()["held_back"]:
         assert time.monotonic() < deadline, "held-back version still reported"
@@ -268,3 +280,23 @@ def _wait_for_version(url: str, body: dict, version: str, timeout_s: float = 30)
             return
         time.sleep(0.5)
     raise AssertionError(f"service still answers with version {seen}, expected {version}")
+
+
+def test_another_table_registers_under_its_contracts_name_and_gate_entry(
+    ray_session, pipeline_yaml, churn_csv, tmp_path
+):
+    drafted = tmp_path / "accounts.yaml"
+    infer = ["contract", "infer", "--data", str(churn_csv), "--label", "churned"]
+    out = CliRunner().invoke(cli, [*infer, "--name", "accounts", "--out", str(drafted)])
+    assert out.exit_code == 0, out.output
+    command = ["pipeline", "--config", str(pipeline_yaml), "--contract", str(drafted)]
+    out = CliRunner().invoke(cli, [*command, "--data", str(churn_csv), "--yes"])
+    assert "-> accounts v1" in out.output, out.output  # not churn_model, not its champion
+    tracking.configure()
+    run_id = registry.model_version("accounts", "1").run_id
+    report = mlflow.artifacts.load_dict(f"runs:/{run_id}/gate/gate.json")
+    [floor] = [
+        r for r in report["results"] if r["name"] == "roc_auc" and r["dimension"] == "quality"
+    ]
+    assert floor["limit"] == 0.75  # gates.yaml `default`; churn_model's entry says 0.80
+    assert "champion" not in "; ".join(r["reason"] for r in report["results"] if not r["passed"])

@@ -14,7 +14,7 @@ from ray_app.data.snapshot import read_snapshot, write_snapshot
 from ray_app.data.split import SPLITS, assign, split_dataset
 from ray_app.data.store import DataStore
 from ray_app.data.validate import validate
-from ray_app.serve.schema import request_models, to_records
+from ray_app.model.schema import request_models, to_records
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,18 @@ from typer.testing import CliRunner
 
 from ray_app.cli import app as cli
 from ray_app.config import ConfigError, load_yaml
-from ray_app.evaluate.gate import thresholds
-from ray_app.evaluate.metrics import ROC_AUC, classification_metrics
+from ray_app.evaluate.gate import load_gates
+from ray_app.metrics import ROC_AUC, classification_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_thresholds_come_from_config_with_per_model_override():
     gates = ROOT / "configs" / "gates.yaml"
-    churn = thresholds(gates, "churn_model")
-    assert churn["quality"]["min_roc_auc"] == 0.80
-    assert churn["quality"]["max_logloss"] == 0.60  # the rest of default's quality stays
-    assert thresholds(gates, "some_other_model")["quality"]["min_roc_auc"] == 0.75
+    churn = load_gates(gates).for_model("churn_model")
+    assert churn.quality["min_roc_auc"] == 0.80
+    assert churn.quality["max_logloss"] == 0.60  # the rest of default's quality stays
+    assert load_gates(gates).for_model("some_other_model").quality["min_roc_auc"] == 0.75
 
 
 def test_metrics_are_the_named_set():
@@ -72,13 +72,13 @@ def _gates_with(tmp_path: Path, change) -> Path:
 def test_bad_gate_configs_name_the_file_entry_and_field(tmp_path, change, message):
     path = _gates_with(tmp_path, change)
     with pytest.raises(ConfigError) as err:
-        thresholds(path, "churn_model")
+        load_gates(path)
     assert str(err.value).startswith(str(path)) and message in str(err.value)
 
 
 def test_a_plain_list_of_fairness_columns_judges_both_criteria(tmp_path):
     path = _gates_with(tmp_path, lambda g: g["default"]["fairness"].update(columns=["gender"]))
-    assert thresholds(path, "churn_model")["fairness"]["columns"] == {
+    assert load_gates(path).for_model("churn_model").fairness.columns == {
         "gender": ["demographic_parity", "equalized_odds"]
     }
 

@@ -17,7 +17,10 @@ from ray_app import pipeline, registry, tracking
 from ray_app.cli import app as cli
 from ray_app.config import SplitConfig, load_yaml
 from ray_app.evaluate import job
+from ray_app.evaluate.gate import load_gates
 from ray_app.evaluate.report import render_html
+from ray_app.model.loaded import load
+from ray_app.model.ref import ModelRef
 
 MODEL = "gate_model"
 DIMENSIONS = (
@@ -96,7 +99,9 @@ def test_worse_model_is_stopped_and_aliases_stay(good, worse):
 def test_gate_command_prints_a_verdict_per_dimension(worse, cfg, tmp_path):
     config = tmp_path / "pipeline.yaml"
     config.write_text(json.dumps(json.loads(cfg.model_dump_json())))  # JSON is YAML
-    out = CliRunner().invoke(cli, ["gate", "--run", worse.run_id, "--config", str(config)])
+    out = CliRunner().invoke(
+        cli, ["gate", f"{MODEL}/{worse.model_version}", "--config", str(config)]
+    )
     assert out.exit_code == 1, out.output
     for dimension in DIMENSIONS:
         assert f"[gate] {dimension}" in out.output
@@ -109,9 +114,7 @@ def test_gate_command_refuses_a_run_without_a_model(worse, cfg, tmp_path):
     config.write_text(json.dumps(json.loads(cfg.model_dump_json())))
     out = CliRunner().invoke(cli, ["gate", "--run", "0123456789abcdef", "--config", str(config)])
     assert out.exit_code == 2, out.output
-    assert "gate refused: run 0123456789abcdef has no registered version of gate_model" in (
-        out.output
-    )
+    assert "gate refused: run 0123456789abcdef has no registered version" in out.output
 
 
 def test_slow_model_fails_latency_in_the_gate_and_the_report_says_why(
@@ -121,13 +124,8 @@ def test_slow_model_fails_latency_in_the_gate_and_the_report_says_why(
     limits = load_yaml(cfg.gates)
     limits[MODEL] = {"latency": {"max_p95_ms": 100, "requests": 10, "rounds": 2, "warmup": 1}}
     gates.write_text(json.dumps(limits))
-    real_load = registry.load_version
-
-    def slow_load(name: str, version: str) -> registry.LoadedModel:
-        return slowed(real_load(name, version), delay=0.12)
-
-    monkeypatch.setattr(registry, "load_version", slow_load)
-    report = job.evaluate(cfg.model_copy(update={"gates": gates}), good.run_id)
+    monkeypatch.setattr(job, "load", lambda ref: slowed(load(ref), delay=0.12))
+    report = job.evaluate(cfg, ModelRef(run_id=good.run_id), load_gates(gates))
     failed = [r for r in report.results if not r.passed]
     assert {r.dimension for r in failed} == {"latency"}, report.failures()
     assert failed[0].value >= 120 and "> SLA 100 ms" in failed[0].reason
@@ -138,10 +136,31 @@ def test_slow_model_fails_latency_in_the_gate_and_the_report_says_why(
 def test_regating_production_judges_its_training_split_and_moves_nothing(good, cfg):
     other = cfg.data.model_copy(update={"split": SplitConfig(train=0.5, valid=0.25, test=0.25)})
     history = registry.alias_history(MODEL)
-    report, moves = job.run_gate(cfg.model_copy(update={"data": other}), good.run_id)
+    report, moves = job.run_gate(
+        cfg.model_copy(update={"data": other}), ModelRef(run_id=good.run_id), load_gates(cfg.gates)
+    )
     assert report.passed and moves == [] and registry.alias_history(MODEL) == history
     assert f"production v{good.model_version} itself" in report.results[-1].reason
     logged = mlflow.artifacts.load_dict(f"runs:/{good.run_id}/config/pipeline.json")
     assert logged["data"]["split"]["test"] == 0.15
     rows = sum(report.metrics["confusion"].values())
     assert 0.13 < rows / 20_000 < 0.17  # 15% of the data version, not 25%
+
+
+def test_the_gate_command_asks_before_moving_production(good, worse, cfg, tmp_path):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(json.dumps(json.loads(cfg.model_copy().model_dump_json())))
+    registry.promote(MODEL, "production", worse.model_version, "test", "", good.model_version)
+    try:
+        command = ["gate", f"{MODEL}/{good.model_version}", "--config", str(config)]
+        out = CliRunner().invoke(cli, command, input="n\n")
+        assert out.exit_code == 0, out.output  # the gate passed; the person said no
+        assert f"move production from {worse.model_version} to it? [y/N]" in out.output
+        assert registry.aliased_version(MODEL) == worse.model_version
+        out = CliRunner().invoke(cli, [*command, "--yes"])
+        assert out.exit_code == 0 and "[y/N]" not in out.output, out.output
+        assert f"{MODEL}@production: {worse.model_version} -> {good.model_version}" in out.output
+    finally:
+        if registry.aliased_version(MODEL) != good.model_version:
+            current = registry.aliased_version(MODEL)
+            registry.promote(MODEL, "production", good.model_version, "test", "", current)

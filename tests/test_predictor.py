@@ -1,5 +1,6 @@
-"""The serving code path on a real model: thresholds, SHAP explanations, and the latency the
-gate measures, including a model slowed on purpose that must fail the SLA."""
+"""The one scoring path on a real model: thresholds, SHAP explanations, the latency the gate
+measures (including a model slowed on purpose that must fail the SLA), and the MLflow pyfunc
+answering raw rows like the service."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import xgboost as xgb
 
 from ray_app import features, registry
 from ray_app.data import synth
-from ray_app.evaluate import checks, latency
-from ray_app.serve.predictor import Predictor
-from ray_app.serve.schema import to_records
+from ray_app.evaluate import checks, gate, latency
+from ray_app.model.loaded import LoadedModel
+from ray_app.model.schema import to_records
+from ray_app.model.scoring import Scorer
 
 
 @pytest.fixture(scope="module")
@@ -29,28 +31,32 @@ def rows(tmp_path_factory, contract) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def model(ray_session, rows, contract) -> registry.LoadedModel:
+def model(ray_session, rows, contract) -> LoadedModel:
     fs = features.fit(ray.data.from_pandas(rows), contract)
     train = xgb.DMatrix(features.transform(rows, fs), features.encode_label(rows, contract))
     booster = xgb.train({"objective": "binary:logistic", "max_depth": 4}, train, 30)
-    return registry.LoadedModel("m", "1", booster, fs, {"threshold": "0.300000"})
+    return LoadedModel("m", "1", booster, fs, threshold=0.3)
+
+
+def _sla(ms: float) -> gate.Latency:
+    return gate.Latency(max_p95_ms=ms, batch_sizes=[1], requests=1, rounds=1, warmup=0)
 
 
 def test_threshold_is_the_gates_unless_overridden(model, rows, contract):
     records = to_records(rows.head(50), contract)
-    gated = Predictor.of(model)
+    gated = Scorer.of(model)
     assert gated.threshold == pytest.approx(0.3)
     for p in gated.predict(records)["predictions"]:
         assert p["label"] == int(p["probability"] >= 0.3)
-    assert Predictor.of(model, 0.8).predict(records)["threshold"] == 0.8
-    untagged = dataclasses.replace(model, tags={})
-    assert Predictor.of(untagged).threshold == 0.5
+    assert Scorer.of(model, 0.8).predict(records)["threshold"] == 0.8
+    ungated = dataclasses.replace(model, threshold=registry.DEFAULT_THRESHOLD)
+    assert Scorer.of(ungated).threshold == 0.5
 
 
 def test_explanations_add_up_to_the_prediction_and_rank_by_size(model, rows, contract):
     records = to_records(rows.head(20), contract)
     names = model.features.feature_names
-    answer = Predictor.of(model).explain(records, top_k=len(names))
+    answer = Scorer.of(model).explain(records, top_k=len(names))
     for row, record in zip(answer["explanations"], records, strict=True):
         sizes = [abs(c["contribution"]) for c in row["contributions"]]
         assert sizes == sorted(sizes, reverse=True)
@@ -59,23 +65,23 @@ def test_explanations_add_up_to_the_prediction_and_rank_by_size(model, rows, con
         by_name = {c["feature"]: c["value"] for c in row["contributions"]}
         assert by_name["plan"] == record["plan"]  # categories as the caller sent them
         assert isinstance(by_name["tenure_days"], float)  # derived: the computed value
-    top3 = Predictor.of(model).explain(records[:2], top_k=3)["explanations"]
+    top3 = Scorer.of(model).explain(records[:2], top_k=3)["explanations"]
     assert [len(r["contributions"]) for r in top3] == [3, 3]
 
 
 def test_latency_is_measured_per_batch_size_on_the_serving_path(model, rows):
-    measured = latency.measure(Predictor.of(model), rows, [1, 100], requests=30, warmup=3)
+    measured = latency.measure(Scorer.of(model), rows, [1, 100], requests=30, warmup=3)
     assert set(measured) == {1, 100}
     for q in measured.values():
         assert 0 < q["p50"] <= q["p95"] <= q["p99"] and q["requests"] == 30
-    results = checks.latency(measured, {"max_p95_ms": 10_000})
+    results = checks.latency(measured, _sla(10_000))
     assert all(r.passed for r in results) and results[1].name == "batch of 100"
 
 
 def test_slow_model_fails_latency_and_says_by_how_much(model, rows, slowed):
     slow = slowed(model, delay=0.12)
-    measured = latency.measure(Predictor.of(slow), rows, [1], requests=10, warmup=1)
-    [result] = checks.latency(measured, {"max_p95_ms": 100})
+    measured = latency.measure(Scorer.of(slow), rows, [1], requests=10, warmup=1)
+    [result] = checks.latency(measured, _sla(100))
     assert not result.passed
     # The sleep sets a floor on the time, never a ceiling: only the floor is asserted.
     assert result.value >= 120 and result.limit == 100
@@ -83,7 +89,7 @@ def test_slow_model_fails_latency_and_says_by_how_much(model, rows, slowed):
 
 
 def test_timed_path_validates_like_the_service(model, rows, contract):
-    call = latency.serving_call(Predictor.of(model))
+    call = latency.serving_call(Scorer.of(model))
     good = to_records(rows.head(1), contract)
     assert json.loads(call(json.dumps({"instances": good}).encode()))["model_version"] == "1"
     with pytest.raises(pydantic.ValidationError, match="plan"):
@@ -93,4 +99,4 @@ def test_timed_path_validates_like_the_service(model, rows, contract):
 def test_a_model_whose_features_file_disagrees_with_its_booster_is_refused(model):
     shuffled = dataclasses.replace(model.features, numeric=list(reversed(model.features.numeric)))
     with pytest.raises(registry.RegistryError, match="differ from features.json"):
-        Predictor.of(dataclasses.replace(model, features=shuffled))
+        dataclasses.replace(model, features=shuffled)

@@ -3,9 +3,8 @@
 import pandas as pd
 import pytest
 
-from ray_app import pipeline
 from ray_app.config import rayapp_home
-from ray_app.data import synth
+from ray_app.data import sources, synth
 from ray_app.data.ingest import DataError
 from ray_app.data.quarantine import REASON
 from ray_app.data.snapshot import read_snapshot
@@ -29,7 +28,7 @@ def test_few_bad_rows_are_quarantined_with_reasons(
     )
     assert expected_bad > 10
 
-    snap = pipeline.ingest(_config(pipeline_config, 0.01), contract, path, lambda m: None)
+    snap = sources.ingest(_config(pipeline_config, 0.01), contract, path, lambda m: None)
     assert snap.quarantined_rows == expected_bad and snap.rows == 4_000 - expected_bad
     assert read_snapshot(snap).count() == snap.rows
 
@@ -52,7 +51,7 @@ def test_too_many_bad_rows_stop_and_leave_nothing(ray_session, pipeline_config, 
         corruption=synth.Corruption(negative_amounts=0.05),
     )
     with pytest.raises(DataError, match="more than the 1.00% the quarantine policy allows"):
-        pipeline.ingest(_config(pipeline_config, 0.01), contract, path, lambda m: None)
+        sources.ingest(_config(pipeline_config, 0.01), contract, path, lambda m: None)
     from ray_app.data.ingest import dataset_version
 
     version = dataset_version(path)

@@ -20,6 +20,7 @@ def test_telco_end_to_end_and_the_gate_finds_a_real_disparity(ray_session, untim
     cfg = load_pipeline_config(untimed(ROOT / "configs" / "telco_pipeline.yaml", tmp_path))
     assert cfg.data.path == TELCO
     result = pipeline.run(cfg)
+    assert result.model_name == "telco_churn"  # the contract's name: its own gate entry
     assert result.rows == 7_043
     assert 0.80 <= result.metrics["roc_auc"] < 0.95
     # Every check passes but one: the plain model flags seniors who stay about twice as often

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from ray_app.serve.schema import MAX_INSTANCES, request_models
+from ray_app.model.schema import MAX_INSTANCES, request_models
 
 GOOD = {
     "signup_date": "2020-01-01",

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ray_app import pipeline
-from ray_app.data import synth
+from ray_app.data import sources, synth
 from ray_app.data.ingest import DataError, inspect_source, read_raw
 from ray_app.data.snapshot import (
     META_FILE,
@@ -98,6 +97,6 @@ def test_pipeline_ingests_into_the_configured_store(
         update={"data": pipeline_config.data.model_copy(update={"store": s3_uri})}
     )
     path = synth.write(tmp_path / "fresh.csv", 2_000, seed=31)
-    snap = pipeline.ingest(cfg, contract, path, lambda m: None)
+    snap = sources.ingest(cfg, contract, path, lambda m: None)
     assert snap.url.startswith("s3://snapshots/team-a/")
     assert read_snapshot(snap).to_pandas().customer_id.is_unique

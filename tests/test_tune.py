@@ -18,13 +18,15 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ray_app import pipeline, registry, tracking
+from ray_app import registry, tracking
 from ray_app.config import SearchConfig
+from ray_app.data import sources
+from ray_app.model.loaded import load
+from ray_app.registry import CANDIDATE
 from ray_app.tuning import space
-from ray_app.tuning.search import CANDIDATE, SEARCH_FILE, run_search, searches_root
+from ray_app.tuning.search import SEARCH_FILE, SearchError, run_search, searches_root
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXED = {"objective": "binary:logistic", "eval_metric": ["logloss", "auc"], "tree_method": "hist"}
 
 
 def _search(**overrides) -> SearchConfig:
@@ -37,7 +39,6 @@ def _search(**overrides) -> SearchConfig:
         "report_every": 10,
         "checkpoint_every": 20,
         "asha": {"enabled": True, "grace_rounds": 10, "reduction_factor": 2},
-        "fixed": FIXED,
         "space": {
             "max_depth": {"type": "randint", "low": 2, "high": 7},
             "eta": {"type": "loguniform", "low": 0.05, "high": 0.4},
@@ -48,7 +49,7 @@ def _search(**overrides) -> SearchConfig:
 
 @pytest.fixture(scope="module")
 def version(ray_session, pipeline_config, contract, churn_csv) -> str:
-    return pipeline.ingest(pipeline_config, contract, churn_csv, lambda m: None).version
+    return sources.ingest(pipeline_config, contract, churn_csv, lambda m: None).version
 
 
 def _children(parent: str) -> list:
@@ -65,8 +66,6 @@ def _children(parent: str) -> list:
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"metric": "logloss"}, "must look like 'valid-logloss'"),
-        ({"metric": "valid-error"}, "needs 'error' in fixed.eval_metric"),
         ({"checkpoint_every": 15}, "multiple of report_every"),
         ({"algorithm": "grid"}, "`grid` dimensions go with `algorithm: grid`"),
         ({"space": {"eta": {"type": "uniform", "low": 1, "high": 0}}}, "`low` < `high`"),
@@ -75,6 +74,11 @@ def _children(parent: str) -> list:
 def test_bad_search_configs_name_the_problem(change, message):
     with pytest.raises(ValueError, match=message):
         _search(**change)
+
+
+def test_a_metric_training_does_not_evaluate_is_refused_before_any_work(pipeline_config):
+    with pytest.raises(SearchError, match="'error' is not evaluated in training: add it to"):
+        run_search(pipeline_config, _search(metric="error"), data_version="unused")
 
 
 def test_shipped_search_space_loads():
@@ -128,7 +132,8 @@ def test_every_trial_is_a_child_run_with_lineage_and_a_learning_curve(searched, 
     for run in children:
         assert run.info.status == "FINISHED"
         assert run.data.tags["dataset_version"] == version
-        assert run.data.tags["git_commit"] and run.data.tags["outcome"] == "completed"
+        assert run.data.tags["mlflow.source.git.commit"]
+        assert run.data.tags["outcome"] == "completed"
         assert {"max_depth", "device"} <= set(run.data.params)
         curve = MlflowClient().get_metric_history(run.info.run_id, "valid-logloss")
         steps = [m.step for m in curve]  # one point per report; the last is the final one
@@ -149,7 +154,7 @@ def test_gpu_trials_get_a_gpu_and_fall_back_to_cpu_without_cuda(searched):
 
 
 def test_best_trial_is_tagged_and_registered_as_candidate(searched, pipeline_config):
-    name = pipeline_config.tracking.model_name
+    name = searched.model_name
     candidate = registry.version_for(name, CANDIDATE)
     assert str(candidate.version) == searched.model_version
     assert candidate.run_id == searched.best_run_id
@@ -159,12 +164,10 @@ def test_best_trial_is_tagged_and_registered_as_candidate(searched, pipeline_con
     parent = MlflowClient().get_run(searched.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["best_run_id"] == searched.best_run_id
-    assert registry.load(name, CANDIDATE).booster.num_boosted_rounds() >= 1
+    assert load(f"{name}@{CANDIDATE}").booster.num_boosted_rounds() >= 1
 
 
 def test_resume_refuses_unknown_and_finished_searches(searched, pipeline_config):
-    from ray_app.tuning.search import SearchError
-
     with pytest.raises(SearchError, match="no search named 'nope'"):
         run_search(pipeline_config, _search(), name="nope", resume=True)
     with pytest.raises(SearchError, match="search mixed already finished"):
@@ -214,7 +217,7 @@ def test_same_seed_same_best_params_and_model_bytes(version, pipeline_config, tm
         result = run_search(pipeline_config, cfg, data_version=version, name=name, log=print)
         uri = f"models:/{result.model_name}/{result.model_version}"
         local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / name)))
-        models.append((result.best_params, (local / "model.ubj").read_bytes()))
+        models.append((result.best_params, (local / "artifacts" / "model.ubj").read_bytes()))
     assert models[0][0] == models[1][0]
     assert models[0][1] == models[1][1]
 
@@ -296,7 +299,7 @@ def test_killed_search_resumes_without_redoing_finished_trials(
     cfg = _search(
         num_samples=8,
         max_concurrent_trials=1,
-        num_boost_round=2000,
+        num_boost_round=6000,  # seconds per trial: the kill must land mid-search
         early_stopping_rounds=None,
         report_every=100,
         checkpoint_every=500,

@@ -12,14 +12,15 @@ import ray.data
 
 from ray_app.config import SplitConfig
 
-SPLITS = ("train", "valid", "test")
+TRAIN, VALID, TEST = "train", "valid", "test"
+SPLITS = (TRAIN, VALID, TEST)
 
 
 def assign(batch: pd.DataFrame, id_column: str | None, split: SplitConfig) -> np.ndarray:
     keyed = batch[[id_column]] if id_column else batch
     bucket = pd.util.hash_pandas_object(keyed, index=False).to_numpy() % 10_000 / 10_000
     return np.where(
-        bucket < split.train, "train", np.where(bucket < split.train + split.valid, "valid", "test")
+        bucket < split.train, TRAIN, np.where(bucket < split.train + split.valid, VALID, TEST)
     )
 
 

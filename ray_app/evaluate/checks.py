@@ -2,8 +2,8 @@
 
 Robustness takes the scoring function itself, so it can feed it perturbed rows. Each returns
 `CheckResult`s that say what was measured, against which limit, and why it passed
-or failed, so the gate report can show a reason for every check. Limits come from
-`configs/gates.yaml` (see `gate.thresholds`); nothing here has a threshold of its own.
+or failed, so the gate report can show a reason for every check. Limits are the typed entries
+of `configs/gates.yaml` (`gate.GateLimits`); nothing here has a threshold of its own.
 """
 
 from __future__ import annotations
@@ -16,20 +16,18 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from ray_app.evaluate.metrics import (
+from ray_app.evaluate import gate
+from ray_app.evaluate.gate import DEMOGRAPHIC_PARITY, EQUALIZED_ODDS, FAIRNESS_CRITERIA
+from ray_app.metrics import (
     ACCURACY,
     F1,
-    LOGLOSS,
+    LOWER_IS_BETTER,
+    PR_AUC,
     PRECISION,
     RECALL,
     ROC_AUC,
     classification_metrics,
 )
-
-PR_AUC = "pr_auc"
-DEMOGRAPHIC_PARITY, EQUALIZED_ODDS = "demographic_parity", "equalized_odds"
-FAIRNESS_CRITERIA = (DEMOGRAPHIC_PARITY, EQUALIZED_ODDS)
-LOWER_IS_BETTER = {LOGLOSS}
 
 
 @dataclass
@@ -68,13 +66,9 @@ def _floor(dimension: str, name: str, value: float, limit: float, higher: bool) 
     )
 
 
-def quality(metrics: dict[str, Any], limits: dict[str, float]) -> list[CheckResult]:
+def quality(metrics: dict[str, Any], bounds: list[gate.Bound]) -> list[CheckResult]:
     """`min_<metric>` floors and `max_<metric>` ceilings on the test metrics."""
-    out = []
-    for key, limit in limits.items():
-        bound, _, name = key.partition("_")
-        out.append(_floor("quality", name, float(metrics[name]), float(limit), bound == "min"))
-    return out
+    return [_floor("quality", b.metric, float(metrics[b.metric]), b.limit, b.floor) for b in bounds]
 
 
 def naive_baseline(y: np.ndarray, pred: np.ndarray, must_beat: list[str]) -> list[CheckResult]:
@@ -121,14 +115,14 @@ def slices(
     y: np.ndarray,
     proba: np.ndarray,
     columns: list[str],
-    limits: dict[str, Any],
+    limits: gate.Slices,
 ) -> list[CheckResult]:
     """`min_roc_auc` per segment of every slice column; segments too small to judge
     (`min_rows`, or one class only) are reported and not failed."""
-    floor, min_rows = float(limits["min_roc_auc"]), int(limits["min_rows"])
+    floor, min_rows = limits.min_roc_auc, limits.min_rows
     out = []
     for column in columns:
-        labels = slice_labels(frame, column, limits["bins"].get(column))
+        labels = slice_labels(frame, column, limits.bins.get(column))
         for segment in sorted(labels.unique()):
             mask = (labels == segment).to_numpy()
             name = f"{column}={segment}"
@@ -153,12 +147,12 @@ def fairness(
     y: np.ndarray,
     pred: np.ndarray,
     columns: list[str],
-    limits: dict[str, Any],
+    limits: gate.Fairness,
 ) -> list[CheckResult]:
     """Fairlearn `MetricFrame` per sensitive column: the demographic parity ratio (lowest over
     highest selection rate between groups) within its band, and the equalized-odds ratio (the
     lower of the TPR and FPR ratios) above its floor. Groups under `min_rows` are left out.
-    `limits["columns"]` maps a column to the criteria that apply to it, for groups whose base
+    `limits.columns` maps a column to the criteria that apply to it, for groups whose base
     rates truly differ; when empty, every column of `columns` is judged on both."""
     from fairlearn.metrics import (
         MetricFrame,
@@ -167,9 +161,9 @@ def fairness(
         true_positive_rate,
     )
 
-    low, high = (float(v) for v in limits["demographic_parity_ratio"])
-    eo_floor, min_rows = float(limits["min_equalized_odds_ratio"]), int(limits["min_rows"])
-    criteria = limits["columns"] or dict.fromkeys(columns, FAIRNESS_CRITERIA)
+    low, high = limits.demographic_parity_ratio
+    eo_floor, min_rows = limits.min_equalized_odds_ratio, limits.min_rows
+    criteria = limits.columns or dict.fromkeys(columns, FAIRNESS_CRITERIA)
     out = []
     for column, judged_on in criteria.items():
         groups = frame[column].astype("string").fillna("missing").to_numpy(dtype=object)
@@ -217,9 +211,9 @@ def fairness(
     return out
 
 
-def calibration(y: np.ndarray, proba: np.ndarray, limits: dict[str, Any]) -> CheckResult:
+def calibration(y: np.ndarray, proba: np.ndarray, limits: gate.Calibration) -> CheckResult:
     """Expected calibration error over equal-width bins, with the reliability curve."""
-    bins = int(limits["bins"])
+    bins = limits.bins
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(proba, edges[1:-1]), 0, bins - 1)
     ece, curve = 0.0, []
@@ -229,7 +223,7 @@ def calibration(y: np.ndarray, proba: np.ndarray, limits: dict[str, Any]) -> Che
             predicted, observed = float(proba[mask].mean()), float(y[mask].mean())
             ece += mask.mean() * abs(predicted - observed)
             curve.append({"predicted": predicted, "observed": observed, "rows": int(mask.sum())})
-    result = _floor("calibration", "ece", float(ece), float(limits["max_ece"]), higher=False)
+    result = _floor("calibration", "ece", float(ece), limits.max_ece, higher=False)
     result.details = {"reliability": curve}
     return result
 
@@ -238,7 +232,8 @@ def champion(
     challenger: dict[str, Any],
     champ: dict[str, Any] | None,
     champ_version: str | None,
-    limits: dict[str, Any],
+    limits: gate.Champion,
+    primary: str,
 ) -> list[CheckResult]:
     """The candidate against the model behind `production` on the same test rows: better by
     `min_improvement` on the primary metric, and not worse than `tolerance` on the others."""
@@ -249,17 +244,16 @@ def champion(
             else "no production model: absolute checks only"
         )
         return [CheckResult("champion", "champion", True, reason)]
-    primary = limits["primary_metric"]
-    margin = float(limits["min_improvement"])
+    margin = limits.min_improvement
     out = []
-    names = [primary, *limits["tolerance"]]
+    names = [primary, *limits.tolerance]
     for name in names:
         sign = -1 if name in LOWER_IS_BETTER else 1
         gain = sign * (float(challenger[name]) - float(champ[name]))
         if name == primary:
             ok, need = gain >= margin, f"needs +{margin:.4f}"
         else:
-            allowed = float(limits["tolerance"][name])
+            allowed = limits.tolerance[name]
             ok, need = gain >= -allowed, f"may lose up to {allowed:.4f}"
         out.append(
             CheckResult(
@@ -303,28 +297,25 @@ def robustness(
     score: Callable[[pd.DataFrame], np.ndarray],
     threshold: float,
     columns: dict[str, list[str]],
-    limits: dict[str, Any],
+    limits: gate.Robustness,
 ) -> list[CheckResult]:
     """Metrics under Gaussian noise on the numeric inputs (`columns["numeric"]`) and under
     randomly missing inputs (`columns["inputs"]`), each against the clean rows: a metric may
     fall by at most its configured `max_drop`. Seeded, so a gate's verdict is repeatable."""
-    rng = np.random.default_rng(int(limits["seed"]))
-    noise, missing = limits["noise"], limits["missing"]
-    perturbed = {
-        f"noise std {noise['std']}": (
-            noise,
-            add_noise(frame, columns["numeric"], float(noise["std"]), rng),
-        ),
-        f"{missing['fraction']:.0%} missing": (
+    rng = np.random.default_rng(limits.seed)
+    noise, missing = limits.noise, limits.missing
+    perturbed: dict[str, tuple[gate.Noise | gate.Missing, pd.DataFrame]] = {
+        f"noise std {noise.std}": (noise, add_noise(frame, columns["numeric"], noise.std, rng)),
+        f"{missing.fraction:.0%} missing": (
             missing,
-            drop_values(frame, columns["inputs"], float(missing["fraction"]), rng),
+            drop_values(frame, columns["inputs"], missing.fraction, rng),
         ),
     }
     clean = classification_metrics(y, score(frame), threshold)
     out = []
     for what, (conf, rows) in perturbed.items():
         shaken = classification_metrics(y, score(rows), threshold)
-        for name, allowed in conf["max_drop"].items():
+        for name, allowed in conf.max_drop.items():
             sign = -1 if name in LOWER_IS_BETTER else 1
             drop = sign * (clean[name] - shaken[name])
             ok = drop <= float(allowed)
@@ -354,7 +345,7 @@ def global_importance(contribs: np.ndarray, names: list[str]) -> list[dict[str, 
     ]
 
 
-def explainability(importance: list[dict[str, Any]], limits: dict[str, Any]) -> CheckResult:
+def explainability(importance: list[dict[str, Any]], limits: gate.Explainability) -> CheckResult:
     """No single feature may carry more than `max_top_feature_share` of the model's total
     attribution: one that does is the usual sign of a label leak or an ID the model memorised."""
     top = importance[0]
@@ -362,7 +353,7 @@ def explainability(importance: list[dict[str, Any]], limits: dict[str, Any]) -> 
         "explainability",
         "top feature share",
         float(top["share"]),
-        float(limits["max_top_feature_share"]),
+        limits.max_top_feature_share,
         higher=False,
     )
     result.reason = f"{top['feature']} carries {result.reason}"
@@ -370,9 +361,9 @@ def explainability(importance: list[dict[str, Any]], limits: dict[str, Any]) -> 
     return result
 
 
-def latency(measured: dict[int, dict[str, float]], limits: dict[str, Any]) -> list[CheckResult]:
+def latency(measured: dict[int, dict[str, float]], limits: gate.Latency) -> list[CheckResult]:
     """p95 of the serving path per batch size against the SLA (`max_p95_ms`)."""
-    sla = float(limits["max_p95_ms"])
+    sla = limits.max_p95_ms
     out = []
     for batch, q in measured.items():
         ok = q["p95"] <= sla

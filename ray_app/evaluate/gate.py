@@ -2,32 +2,28 @@
 
 Every entry is checked against the schema below when the file is read, so a misspelt key or
 an unknown metric fails before any training starts, naming the file, the entry and the field,
-instead of surfacing as a KeyError minutes later in the gate. The checks are in `checks.py`,
-the gate job that applies them in `job.py`.
+instead of surfacing as a KeyError minutes later in the gate. A command loads the file once
+(`load_gates`) and hands the typed limits on; the checks in `checks.py` take these objects,
+and the gate job that applies them is `job.py`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import Field, field_validator
 
-from ray_app.config import Strict, load_yaml, validate
-from ray_app.evaluate import metrics
-from ray_app.evaluate.checks import FAIRNESS_CRITERIA, PR_AUC
+from ray_app import metrics
+from ray_app.config import Strict, load_yaml, merge, validate
 
-AT_THRESHOLD = (
-    metrics.ROC_AUC,
-    metrics.F1,
-    metrics.PRECISION,
-    metrics.RECALL,
-    metrics.ACCURACY,
-    metrics.LOGLOSS,
-)
-# Literal of a tuple is the Literal of its items: the names stay defined once, in metrics/checks.
-ThresholdMetric = Literal[AT_THRESHOLD]  # what `classification_metrics` computes
-Metric = Literal[(*AT_THRESHOLD, PR_AUC)]  # the test metrics of the gate (`full_metrics`)
+DEFAULT = "default"  # the entry every model's own entry is laid over
+DEMOGRAPHIC_PARITY, EQUALIZED_ODDS = "demographic_parity", "equalized_odds"
+FAIRNESS_CRITERIA = (DEMOGRAPHIC_PARITY, EQUALIZED_ODDS)
+# Literal of a tuple is the Literal of its items: the names stay defined once, in metrics.
+ThresholdMetric = Literal[metrics.AT_THRESHOLD]  # what `classification_metrics` computes
+Metric = Literal[metrics.ALL]  # the test metrics of the gate (`full_metrics`)
 Criterion = Literal[FAIRNESS_CRITERIA]
 Share = Annotated[float, Field(ge=0, le=1)]
 Positive = Annotated[int, Field(gt=0)]
@@ -36,7 +32,7 @@ Positive = Annotated[int, Field(gt=0)]
 class Slices(Strict):
     min_roc_auc: Share
     min_rows: Positive
-    bins: dict[str, list[float]]
+    bins: dict[str, list[int | float]]  # ints stay ints: they name the segments
 
 
 class Fairness(Strict):
@@ -106,6 +102,14 @@ class Baseline(Strict):
     must_beat: list[ThresholdMetric]
 
 
+class Bound(NamedTuple):
+    """A floor (`min_roc_auc`) or a ceiling (`max_logloss`) on a test metric."""
+
+    metric: str
+    floor: bool
+    limit: float
+
+
 class GateLimits(Strict):
     """One model's limits, after its entry is laid over `default`."""
 
@@ -124,33 +128,44 @@ class GateLimits(Strict):
     @field_validator("quality")
     @classmethod
     def _bounds(cls, quality: dict[str, float]) -> dict[str, float]:
-        known = (*AT_THRESHOLD, PR_AUC)
         for key in quality:
-            bound, _, name = key.partition("_")
-            if bound not in ("min", "max") or name not in known:
-                raise ValueError(
-                    f"{key!r} is not min_<metric> or max_<metric> with a metric in {known}"
-                )
+            cls._bound(key, 0.0)
         return quality
 
+    @staticmethod
+    def _bound(key: str, limit: float) -> Bound:
+        bound, _, name = key.partition("_")
+        if bound not in ("min", "max") or name not in metrics.ALL:
+            raise ValueError(
+                f"{key!r} is not min_<metric> or max_<metric> with a metric in {metrics.ALL}"
+            )
+        return Bound(name, bound == "min", limit)
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) else value
-    return out
+    @property
+    def quality_bounds(self) -> list[Bound]:
+        return [self._bound(key, limit) for key, limit in self.quality.items()]
 
 
-def thresholds(gates_path: str | Path, model_name: str) -> dict[str, Any]:
-    """The model's limits: `default`, overridden key by key by the model's own entry. Every
-    entry of the file is validated, not only this model's, so one typo cannot wait for the
-    day its model is gated."""
-    path = Path(gates_path)
-    gates = load_yaml(path)
-    default = gates.get("default") or {}
-    chosen = validate(GateLimits, default, f"{path}: entry 'default'")  # complete on its own
-    for entry, over in gates.items():
-        limits = validate(GateLimits, _merge(default, over or {}), f"{path}: entry {entry!r}")
-        if entry == model_name:
-            chosen = limits
-    return chosen.model_dump()
+@dataclass(frozen=True)
+class Gates:
+    """Every entry of a gates file, validated and laid over `default`."""
+
+    path: Path
+    entries: dict[str, GateLimits]
+
+    def for_model(self, name: str) -> GateLimits:
+        """The model's own entry, else `default`."""
+        return self.entries.get(name, self.entries[DEFAULT])
+
+
+def load_gates(path: str | Path) -> Gates:
+    """Read and validate a gates file once. Every entry is checked, not only the one a command
+    needs, so one typo cannot wait for the day its model is gated."""
+    path = Path(path)
+    raw = load_yaml(path)
+    default = raw.get(DEFAULT) or {}
+    entries = {DEFAULT: validate(GateLimits, default, f"{path}: entry {DEFAULT!r}")}
+    for entry, over in raw.items():
+        merged = merge(default, over or {})
+        entries[entry] = validate(GateLimits, merged, f"{path}: entry {entry!r}")
+    return Gates(path, entries)

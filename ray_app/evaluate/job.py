@@ -1,9 +1,11 @@
-"""`rayapp gate --run RUN_ID`: every check on a candidate model, a report, and the alias moves.
+"""The gate job: every check on a candidate model version, a report, and the alias moves.
 
-The candidate is the model logged in the run; the data is the run's own data version, split
-by id exactly as in training, so the test rows are frozen. The decision threshold is chosen
-on validation rows. The champion is whatever `production` points at, scored on the same rows.
-Passing moves `staging`, then `production` (per `promotion`); failing moves nothing.
+The candidate is a registered version (`name@candidate`, `name/3`, or the version a run
+registered); the data is its own data version, split by id exactly as in training, so the
+test rows are frozen. The decision threshold is chosen on validation rows. The champion is
+whatever `production` points at, scored on the same rows with the same scoring path.
+Passing moves `staging`, then `production` (per `promotion`), and only if production still
+points at the champion that was scored; failing moves nothing.
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ from ray_app import features, registry
 from ray_app.config import PipelineConfig, SplitConfig
 from ray_app.data.contract import NUMERIC_TYPES
 from ray_app.data.snapshot import find_snapshot, read_snapshot
-from ray_app.data.split import split_dataset
+from ray_app.data.split import TEST, VALID, split_dataset
 from ray_app.data.store import open_store
 from ray_app.evaluate import checks, latency, plots
-from ray_app.evaluate.gate import thresholds
+from ray_app.evaluate.gate import GateLimits, Gates
 from ray_app.evaluate.report import render_html
-from ray_app.serve.predictor import THRESHOLD_TAG, Predictor, shap_values
+from ray_app.model.loaded import LoadedModel, load
+from ray_app.model.ref import ModelRef
+from ray_app.model.scoring import Scorer
 from ray_app.tracking import CONFIG_ARTIFACT
 
-STAGING = "staging"
 REPORT_DIR = "gate"
 
 
@@ -62,13 +65,6 @@ class GateReport:
         return out
 
 
-def _version_of_run(name: str, run_id: str) -> str:
-    found = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if not found:
-        raise registry.RegistryError(f"run {run_id} has no registered version of {name}")
-    return str(max(int(v.version) for v in found))
-
-
 def _split_of_run(cfg: PipelineConfig, run_id: str) -> SplitConfig:
     """The split the run was trained with (its logged config), so its test rows are the ones
     it never saw even if `data.split` has changed since; the current one for runs without it."""
@@ -79,133 +75,142 @@ def _split_of_run(cfg: PipelineConfig, run_id: str) -> SplitConfig:
     return SplitConfig.model_validate(logged["data"]["split"])
 
 
-def _frames(
-    cfg: PipelineConfig, run_id: str, dataset_version: str, fs: features.FeatureSet
-) -> dict[str, pd.DataFrame]:
-    """Validation and test rows of the run's data version, as raw columns."""
-    contract = fs.parsed_contract()
+def _frames(cfg: PipelineConfig, model: LoadedModel) -> dict[str, pd.DataFrame]:
+    """Validation and test rows of the model's data version, as raw columns."""
+    run_id, dataset_version = model.lineage.get("run_id"), model.lineage.get("dataset_version")
+    if not run_id or not dataset_version:
+        raise registry.RegistryError(
+            f"{model.name} v{model.version} has no run or dataset_version: the gate judges a "
+            "model on the data version it was trained on"
+        )
     snap = find_snapshot(open_store(cfg.data.store), dataset_version, None)
-    splits = split_dataset(read_snapshot(snap), contract.id_column, _split_of_run(cfg, run_id))
-    return {k: splits[k].to_pandas() for k in ("valid", "test")}
-
-
-def _scorer(model: registry.LoadedModel) -> Callable[[pd.DataFrame], np.ndarray]:
-    return lambda frame: model.booster.inplace_predict(features.transform(frame, model.features))
+    split = _split_of_run(cfg, run_id)
+    splits = split_dataset(read_snapshot(snap), model.contract.id_column, split)
+    return {k: splits[k].to_pandas() for k in (VALID, TEST)}
 
 
 def _explain(
-    model: registry.LoadedModel, test: pd.DataFrame, limits: dict[str, Any]
+    scorer: Scorer, test: pd.DataFrame, limits: GateLimits
 ) -> tuple[checks.CheckResult, bytes]:
     """Global SHAP importance on a sample of test rows: the check and the summary plot."""
-    sample = test.sample(min(len(test), int(limits["sample_rows"])), random_state=0)
-    frame = features.transform(sample, model.features)
-    contribs = shap_values(model.booster, frame)
-    importance = checks.global_importance(contribs, model.features.feature_names)
-    png = plots.shap_summary(contribs, frame, model.features.categorical)
-    return checks.explainability(importance, limits), png
+    sample = test.sample(min(len(test), limits.explainability.sample_rows), random_state=0)
+    matrix = scorer.matrix(sample)
+    contribs = scorer.shap(matrix)
+    importance = checks.global_importance(contribs, scorer.model.features.feature_names)
+    png = plots.shap_summary(contribs, matrix)
+    return checks.explainability(importance, limits.explainability), png
 
 
 def _champion(
-    name: str, version: str, frames: dict[str, pd.DataFrame], y: dict[str, np.ndarray]
+    candidate: LoadedModel, frames: dict[str, pd.DataFrame], y: dict[str, np.ndarray]
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The production model's test metrics at its own validation threshold, if there is one
-    other than the candidate."""
-    champ_version = registry.aliased_version(name)
-    if champ_version in (None, version):
+    other than the candidate, and its version. A registry that cannot be read stops the gate:
+    only a model with no `production` alias at all is judged without a champion."""
+    name = str(candidate.name)
+    champ_version = registry.aliased_version(name, registry.PRODUCTION)
+    if champ_version in (None, candidate.version):
         return None, champ_version
-    score = _scorer(registry.load_version(name, champ_version))
-    threshold = checks.choose_threshold(y["valid"], score(frames["valid"]))
-    return checks.full_metrics(y["test"], score(frames["test"]), threshold), champ_version
+    champ = Scorer.of(load(ModelRef(name, version=champ_version)))
+    threshold = checks.choose_threshold(y[VALID], champ.proba(frames[VALID]))
+    return checks.full_metrics(y[TEST], champ.proba(frames[TEST]), threshold), champ_version
 
 
-def evaluate(cfg: PipelineConfig, run_id: str) -> GateReport:
-    """Score the run's model and its champion and run every check; moves nothing."""
-    name = cfg.tracking.model_name
-    version = _version_of_run(name, run_id)
-    candidate = registry.load_version(name, version)
-    contract = candidate.features.parsed_contract()
-    dataset_version = MlflowClient().get_run(run_id).data.tags.get("dataset_version")
-    if dataset_version is None:
-        raise registry.RegistryError(
-            f"run {run_id} has no dataset_version tag: the gate judges a model on the data "
-            "version it was trained on"
-        )
-    frames = _frames(cfg, run_id, dataset_version, candidate.features)
-    test = frames["test"]
-    limits = thresholds(cfg.gates, name)
+def evaluate(cfg: PipelineConfig, ref: ModelRef, gates: Gates) -> GateReport:
+    """Score a registered version and its champion and run every check; moves nothing."""
+    candidate = load(ref)
+    limits = gates.for_model(str(candidate.name))
+    contract = candidate.contract
+    frames = _frames(cfg, candidate)
+    test = frames[TEST]
     y = {k: features.encode_label(f, contract) for k, f in frames.items()}
-    score = _scorer(candidate)
-    proba = score(test)
-    threshold = checks.choose_threshold(y["valid"], score(frames["valid"]))
-    metrics = checks.full_metrics(y["test"], proba, threshold)
+    scorer = Scorer.of(candidate)
+    proba = scorer.proba(test)
+    threshold = checks.choose_threshold(y[VALID], scorer.proba(frames[VALID]))
+    scorer = scorer.at(threshold)
+    metrics = checks.full_metrics(y[TEST], proba, threshold)
     pred = (proba >= threshold).astype(int)
     numeric = [c for c in contract.input_columns if contract.columns[c].type in NUMERIC_TYPES]
-    explained, shap_png = _explain(candidate, test, limits["explainability"])
-    timing = limits["latency"]
+    explained, shap_png = _explain(scorer, test, limits)
+    timing = limits.latency
     measured = latency.measure(
-        Predictor.of(candidate, threshold),
-        test,
-        timing["batch_sizes"],
-        int(timing["requests"]),
-        int(timing["warmup"]),
-        int(timing["rounds"]),
+        scorer, test, timing.batch_sizes, timing.requests, timing.warmup, timing.rounds
     )
-    calibration = checks.calibration(y["test"], proba, limits["calibration"])
+    calibration = checks.calibration(y[TEST], proba, limits.calibration)
     results = [
-        *checks.quality(metrics, limits["quality"]),
-        *checks.naive_baseline(y["test"], pred, limits["baseline"]["must_beat"]),
-        *checks.slices(test, y["test"], proba, contract.slice_columns, limits["slices"]),
-        *checks.fairness(test, y["test"], pred, contract.sensitive_columns, limits["fairness"]),
+        *checks.quality(metrics, limits.quality_bounds),
+        *checks.naive_baseline(y[TEST], pred, limits.baseline.must_beat),
+        *checks.slices(test, y[TEST], proba, contract.slice_columns, limits.slices),
+        *checks.fairness(test, y[TEST], pred, contract.sensitive_columns, limits.fairness),
         calibration,
         *checks.robustness(
             test,
-            y["test"],
-            score,
+            y[TEST],
+            scorer.proba,
             threshold,
             {"numeric": numeric, "inputs": contract.input_columns},
-            limits["robustness"],
+            limits.robustness,
         ),
         explained,
         *checks.latency(measured, timing),
     ]
-    champ_metrics, champ_version = _champion(name, version, frames, y)
+    champ_metrics, champ_version = _champion(candidate, frames, y)
     results += checks.champion(
-        metrics,
-        champ_metrics,
-        champ_version,
-        {**limits["champion"], "primary_metric": limits["primary_metric"]},
+        metrics, champ_metrics, champ_version, limits.champion, limits.primary_metric
     )
     figures = {
         "reliability": plots.reliability(calibration.details["reliability"]),
         "shap_summary": shap_png,
     }
     return GateReport(
-        name, version, run_id, dataset_version, threshold, metrics, champ_version, results, figures
+        str(candidate.name),
+        str(candidate.version),
+        candidate.lineage["run_id"],
+        candidate.lineage["dataset_version"],
+        threshold,
+        metrics,
+        champ_version,
+        results,
+        figures,
     )
 
 
-def run_gate(cfg: PipelineConfig, run_id: str) -> tuple[GateReport, list[registry.AliasMove]]:
-    """Evaluate, log the report to the candidate's run, and move aliases only on a pass."""
-    report = evaluate(cfg, run_id)
+def run_gate(
+    cfg: PipelineConfig,
+    ref: ModelRef,
+    gates: Gates,
+    confirm: Callable[[GateReport], bool] | None = None,
+) -> tuple[GateReport, list[registry.AliasMove]]:
+    """Evaluate, log the report to the candidate's run, record the chosen threshold, and move
+    aliases only on a pass and only from the champion that was scored. `confirm`, when given,
+    is asked before `production` moves (a person at a terminal); a no leaves it where it is."""
+    report = evaluate(cfg, ref, gates)
     client = MlflowClient()
     with tempfile.TemporaryDirectory() as folder:
         write_files(report, Path(folder))
-        client.log_artifacts(run_id, folder, REPORT_DIR)
-    client.set_tag(run_id, "gate", "passed" if report.passed else "failed")
-    client.set_model_version_tag(
-        report.model_name, report.version, THRESHOLD_TAG, f"{report.threshold:.6f}"
-    )
+        client.log_artifacts(report.run_id, folder, REPORT_DIR)
+    client.set_tag(report.run_id, "gate", "passed" if report.passed else "failed")
+    registry.set_threshold(report.model_name, report.version, report.threshold)
     if not report.passed:
         return report, []
-    where = f"{client.get_run(run_id).info.artifact_uri}/{REPORT_DIR}/gate.html"
-    aliases = [STAGING]
-    if thresholds(cfg.gates, report.model_name).get("promotion", "production") == "production":
+    where = f"{client.get_run(report.run_id).info.artifact_uri}/{REPORT_DIR}/gate.html"
+    aliases = [registry.STAGING]
+    if gates.for_model(report.model_name).promotion == registry.PRODUCTION:
         aliases.append(registry.PRODUCTION)
-    moves = [
-        registry.move_alias(report.model_name, alias, report.version, "gate passed", where)
-        for alias in aliases
-        if registry.aliased_version(report.model_name, alias) != report.version
-    ]
+    moves = []
+    for alias in aliases:
+        current = registry.aliased_version(report.model_name, alias)
+        if current == report.version:
+            continue
+        if alias == registry.PRODUCTION and confirm is not None and not confirm(report):
+            continue
+        # production must still be the champion the candidate beat; staging just follows.
+        expected = report.champion_version if alias == registry.PRODUCTION else current
+        moves.append(
+            registry.promote(
+                report.model_name, alias, report.version, "gate passed", where, expected
+            )
+        )
     return report, moves
 
 

@@ -18,26 +18,26 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from ray_app.serve.predictor import Predictor
-from ray_app.serve.schema import PredictResponse, records, request_models, to_records
+from ray_app.model.schema import PredictResponse, records, request_models, to_records
+from ray_app.model.scoring import Scorer
 
 BODIES = 16  # distinct request bodies per batch size, cycled, so no single row is favoured
 
 
-def serving_call(predictor: Predictor) -> Callable[[bytes], bytes]:
+def serving_call(scorer: Scorer) -> Callable[[bytes], bytes]:
     """The replica's work for one request body, as one function."""
-    _, request_model = request_models(predictor.model.features.parsed_contract())
+    _, request_model = request_models(scorer.model.contract)
 
     def call(body: bytes) -> bytes:
         request = request_model.model_validate_json(body)
-        answer = predictor.predict(records(request))
+        answer = scorer.predict(records(request))
         return PredictResponse.model_validate(answer).model_dump_json().encode()
 
     return call
 
 
 def measure(
-    predictor: Predictor,
+    scorer: Scorer,
     rows: pd.DataFrame,
     batch_sizes: list[int],
     requests: int,
@@ -48,8 +48,8 @@ def measure(
     """p50, p95 and p99 in milliseconds of `requests` timed calls per batch size, after
     `warmup` untimed ones, from the best of `rounds` rounds; bodies are drawn from `rows`
     (raw rows of the contract)."""
-    contract = predictor.model.features.parsed_contract()
-    call = serving_call(predictor)
+    contract = scorer.model.contract
+    call = serving_call(scorer)
     out = {}
     for size in batch_sizes:
         bodies = [

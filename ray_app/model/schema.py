@@ -1,5 +1,7 @@
-"""HTTP request and response schemas, generated from the data contract.
+"""Request and response schemas of a model, generated from its data contract.
 
+They belong to the model, not to HTTP: Serve validates requests with them, the gate's latency
+check times the same validation, and `to_records` turns table rows into request instances.
 The request model has one field per input column of the contract, with its real type, range
 and allowed values, so FastAPI rejects bad input with a 422 naming the field and `/docs`
 shows the true schema instead of a free-form dict.

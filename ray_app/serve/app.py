@@ -20,14 +20,14 @@ from ray.serve.handle import DeploymentHandle
 
 from ray_app import registry
 from ray_app.features import FeatureSet
+from ray_app.model.schema import ExplainResponse, PredictResponse, records, request_models
 from ray_app.serve.model import ModelServer
-from ray_app.serve.schema import ExplainResponse, PredictResponse, records, request_models
 
 
 class AppArgs(BaseModel):
     """Arguments of the application, from `serve_config.yaml` (`args:`)."""
 
-    model_name: str = "churn_model"
+    model_name: str
     alias: str = registry.PRODUCTION
 
 

@@ -17,8 +17,10 @@ from typing import Any
 from ray import serve
 
 from ray_app import registry, tracking
-from ray_app.serve.predictor import Predictor
-from ray_app.serve.schema import request_schema
+from ray_app.model.loaded import load
+from ray_app.model.ref import ModelRef
+from ray_app.model.schema import request_schema
+from ray_app.model.scoring import Scorer
 
 logger = logging.getLogger("ray.serve")
 
@@ -34,8 +36,8 @@ class ModelServer:
         self._stop = threading.Event()
         threading.Thread(target=self._follow_alias, name="follow-alias", daemon=True).start()
 
-    def _load(self) -> Predictor:
-        return Predictor.of(registry.load(self.model_name, self.alias), self.threshold)
+    def _load(self) -> Scorer:
+        return Scorer.of(load(ModelRef(self.model_name, alias=self.alias)), self.threshold)
 
     def _follow_alias(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -45,7 +47,7 @@ class ModelServer:
                 logger.exception("could not check %s@%s", self.model_name, self.alias)
 
     def _refresh(self) -> None:
-        current = str(registry.version_for(self.model_name, self.alias).version)
+        current = registry.aliased_version(self.model_name, self.alias)
         if current == self.served.model.version:
             self.held_back = {}  # the alias came back to what is served
             return
@@ -76,7 +78,7 @@ class ModelServer:
         self.threshold = None if threshold is None else float(threshold)
         self.poll_s = float(user_config.get("poll_s", self.poll_s))
         self.alias = user_config.get("alias", self.alias)
-        self.served = Predictor.of(self.served.model, self.threshold)
+        self.served = Scorer.of(self.served.model, self.threshold)
         self._refresh()
 
     def __del__(self) -> None:

@@ -20,7 +20,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
 from ray.tune.experiment import Trial
 
-from ray_app.tuning.space import DEVICE, ROUNDS
+from ray_app.train import MODEL_ROUNDS, ROUNDS
+from ray_app.tuning.space import DEVICE
 from ray_app.tuning.trials import DEVICE_USED, finished_training
 
 TRIAL_ID = "trial_id"
@@ -47,8 +48,16 @@ def _last_error(trial: Trial) -> str:
 
 
 class MLflowTrials(tune.Callback):
-    def __init__(self, experiment_id: str, parent_run_id: str, tags: dict[str, str]):
+    def __init__(
+        self,
+        experiment_id: str,
+        parent_run_id: str,
+        tags: dict[str, str],
+        metric_keys: list[str],
+    ):
+        """`metric_keys`: the evaluation metrics of the learning curve (`valid-logloss`)."""
         self.experiment_id, self.parent_run_id, self.tags = experiment_id, parent_run_id, tags
+        self.metric_keys = metric_keys
         self._runs: dict[str, str] = {}
         self._curves: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
@@ -107,13 +116,13 @@ class MLflowTrials(tune.Callback):
             Metric(key, float(value), now, int(result[ROUNDS]))
             for result in curve
             for key, value in result.items()
-            if key.startswith(("valid-", "train-"))
+            if key in self.metric_keys
         ]
         if curve:
             last = curve[-1]
             outcome = "completed" if finished_training(last) else "stopped by scheduler"
             metrics += [
-                Metric(k, float(last[k]), now, 0) for k in (ROUNDS, "model_rounds") if k in last
+                Metric(k, float(last[k]), now, 0) for k in (ROUNDS, MODEL_ROUNDS) if k in last
             ]
         else:
             outcome = "no result"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,14 @@ from ray import tune
 
 from ray_app import registry, tracking
 from ray_app.config import PipelineConfig, SearchConfig, rayapp_home
-from ray_app.data.contract import load_contract
-from ray_app.data.snapshot import Snapshot, head
-from ray_app.evaluate.metrics import PROBA, classification_metrics, score
-from ray_app.features import LABEL
-from ray_app.pipeline import ModelData, Steps, log_model_artifacts, prepare, resolve_snapshot
-from ray_app.serve.schema import to_records
-from ray_app.train import TRAIN, VALID
+from ray_app.data.contract import Contract, load_contract
+from ray_app.data.snapshot import Snapshot
+from ray_app.data.sources import resolve_snapshot
+from ray_app.data.split import TRAIN, VALID
+from ray_app.features import ModelData, prepare
+from ray_app.metrics import ROC_AUC, eval_key, test_key
+from ray_app.progress import Steps
+from ray_app.publish import lineage, publish
 from ray_app.tuning import space
 from ray_app.tuning.mlflow_trials import MLflowTrials, child_run
 from ray_app.tuning.trials import (
@@ -43,10 +43,6 @@ from ray_app.tuning.trials import (
 )
 
 SEARCH_FILE = "rayapp_search.json"
-CANDIDATE = "candidate"
-# Tune saves its experiment state at most this often; a killed search resumes from it, so
-# a trial finished more than this long before the kill is never run again.
-STATE_SAVE_S = "1"
 
 
 @dataclass
@@ -81,7 +77,22 @@ def latest_search() -> str:
     return found[-1].parent.name
 
 
-def _trainable(search: SearchConfig, data: ModelData, storage: Path) -> tuple[Any, bool]:
+def _metric_keys(cfg: PipelineConfig, search: SearchConfig) -> list[str]:
+    """The validation metrics trials report (`valid-logloss`); the searched one among them."""
+    params = {**cfg.train.params, **search.fixed}
+    evaluated = params.get("eval_metric", [])
+    evaluated = [evaluated] if isinstance(evaluated, str) else list(evaluated)
+    if search.metric not in evaluated:
+        raise SearchError(
+            f"the search metric {search.metric!r} is not evaluated in training: add it to "
+            f"train.params.eval_metric of the pipeline config (now {evaluated})"
+        )
+    return [eval_key(VALID, m) for m in evaluated]
+
+
+def _trainable(
+    cfg: PipelineConfig, search: SearchConfig, data: ModelData, storage: Path
+) -> tuple[Any, bool]:
     """The wrapped trainable (rebuilt the same way on resume) and whether trials are
     distributed, which depends on the training rows only."""
     names = data.features.feature_names
@@ -92,11 +103,12 @@ def _trainable(search: SearchConfig, data: ModelData, storage: Path) -> tuple[An
             datasets={TRAIN: data.splits[TRAIN], VALID: data.splits[VALID]},
             feature_names=names,
             settings=search,
+            base=cfg.train.params,
             storage=str(storage),
         )
     else:
         arrays = TrialData.from_datasets(data.splits[TRAIN], data.splits[VALID], names)
-        fn = tune.with_parameters(single_trial, data=arrays, settings=search)
+        fn = tune.with_parameters(single_trial, data=arrays, settings=search, base=cfg.train.params)
     return tune.with_resources(fn, space.trial_resources(search, distributed)), distributed
 
 
@@ -109,7 +121,7 @@ def _best(results: tune.ResultGrid, search: SearchConfig) -> tune.Result:
     if not finished:
         raise RuntimeError(f"no trial of the search finished; errors: {results.num_errors}")
     sign = 1 if search.mode == "min" else -1
-    return min(finished, key=lambda r: sign * r.metrics[search.metric])
+    return min(finished, key=lambda r: sign * r.metrics[eval_key(VALID, search.metric)])
 
 
 def _load_booster(result: tune.Result) -> xgb.Booster:
@@ -129,6 +141,7 @@ def run_search(
 ) -> SearchResult:
     """Run (or resume) a search and register its best model as `candidate`."""
     step = Steps(log)
+    _metric_keys(cfg, search)  # a metric training does not evaluate fails before any work
     if resume:
         name = name or latest_search()
         saved = searches_root() / name / SEARCH_FILE
@@ -145,12 +158,13 @@ def run_search(
     contract = load_contract(cfg.contract)
     snap = resolve_snapshot(cfg, contract, data, data_version, step)
     prepared = prepare(snap, contract, cfg.data.split, step)
-    return search_prepared(cfg, search, snap, prepared, name, resume, step)
+    return search_prepared(cfg, search, contract, snap, prepared, name, resume, step)
 
 
 def search_prepared(
     cfg: PipelineConfig,
     search: SearchConfig,
+    contract: Contract,
     snap: Snapshot,
     prepared: ModelData,
     name: str | None,
@@ -158,19 +172,12 @@ def search_prepared(
     step: Steps,
 ) -> SearchResult:
     """The search proper, on data already split and featurised (what the benchmark times)."""
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_S)
     tracking.configure()
-    contract = load_contract(cfg.contract)
     name = name or f"search-{snap.version}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     path = searches_root() / name
-    trainable, distributed = _trainable(search, prepared, path / "train_runs")
+    trainable, distributed = _trainable(cfg, search, prepared, path / "train_runs")
     experiment = tracking.experiment_id(cfg.tracking.experiment)
-    lineage = {
-        "dataset_version": snap.version,
-        "data_source": snap.source,
-        "contract": contract.name,
-        "git_commit": tracking.git_commit(),
-    }
+    tags = lineage(snap, contract)
     if resume:
         if not tune.Tuner.can_restore(str(path)):
             raise SearchError(f"{path} holds no Tune state to resume")
@@ -180,7 +187,7 @@ def search_prepared(
         )
         step(f"[tune] resuming search {name} (MLflow parent run {parent})")
     else:
-        parent = _start_parent(experiment, name, lineage, search, distributed)
+        parent = _start_parent(experiment, name, tags, search, distributed)
         path.mkdir(parents=True, exist_ok=True)
         state = {
             "name": name,
@@ -190,21 +197,22 @@ def search_prepared(
             "search": json.loads(search.model_dump_json()),
         }
         (path / SEARCH_FILE).write_text(json.dumps(state, indent=2))
-        tuner = _tuner(search, trainable, name, experiment, parent, lineage, step)
+        callback = MLflowTrials(experiment, parent, tags, _metric_keys(cfg, search))
+        tuner = _tuner(search, trainable, name, callback, step)
         step(
             f"[tune] search {name}: {search.num_samples} x {search.algorithm}, "
             f"{'distributed' if distributed else 'single-process'} trials, MLflow parent {parent}"
         )
     results = tuner.fit()
-    return _finish(cfg, search, results, prepared, snap, path, parent, lineage, step)
+    return _finish(cfg, search, contract, results, prepared, snap, path, parent, step)
 
 
 def _start_parent(
-    experiment: str, name: str, lineage: dict, search: SearchConfig, distributed: bool
+    experiment: str, name: str, tags: dict, search: SearchConfig, distributed: bool
 ) -> str:
     client = MlflowClient()
     run = client.create_run(
-        experiment, run_name=name, tags={**lineage, "search": name, "kind": "search"}
+        experiment, run_name=name, tags={**tags, "search": name, "kind": "search"}
     )
     settings = {
         "algorithm": search.algorithm,
@@ -223,20 +231,14 @@ def _start_parent(
 
 
 def _tuner(
-    search: SearchConfig,
-    trainable: Any,
-    name: str,
-    experiment: str,
-    parent: str,
-    lineage: dict,
-    step: Steps,
+    search: SearchConfig, trainable: Any, name: str, callback: MLflowTrials, step: Steps
 ) -> tune.Tuner:
     gpus = ray.cluster_resources().get("GPU", 0)
     return tune.Tuner(
         trainable,
         param_space=space.param_space(search, gpus, step),
         tune_config=tune.TuneConfig(
-            metric=search.metric,
+            metric=eval_key(VALID, search.metric),
             mode=search.mode,
             search_alg=space.search_algorithm(search),
             scheduler=space.scheduler(search),
@@ -251,8 +253,8 @@ def _tuner(
             # Every checkpoint is kept (num_boost_round / checkpoint_every + 1 per trial):
             # with num_to_keep set, Tune saves its whole state after every checkpoint.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            callbacks=[MLflowTrials(experiment, parent, lineage)],
-            verbose=0,
+            callbacks=[callback],
+            verbose=1,  # Tune's own progress: a status line per trial event
         ),
     )
 
@@ -260,15 +262,15 @@ def _tuner(
 def _finish(
     cfg: PipelineConfig,
     search: SearchConfig,
+    contract: Contract,
     results: tune.ResultGrid,
     prepared: ModelData,
     snap: Snapshot,
     path: Path,
     parent: str,
-    lineage: dict[str, str],
     step: Steps,
 ) -> SearchResult:
-    """Tag the best trial, score it on the test split, register it as `candidate`."""
+    """Tag the best trial, publish its model, mark it `candidate` for the gate."""
     client = MlflowClient()
     best = _best(results, search)
     trial_id = best.metrics["trial_id"]
@@ -283,25 +285,20 @@ def _finish(
     best_run = child_run(experiment, parent, trial_id)
     if best_run is None:
         raise RuntimeError(f"trial {trial_id} has no MLflow run under parent {parent}")
-    booster = _load_booster(best)
-    names = prepared.features.feature_names
-    scored = score(prepared.splits["test"], booster, names)
-    test = classification_metrics(scored[LABEL].to_numpy(), scored[PROBA].to_numpy())
-    test_metrics = {f"test_{k}": v for k, v in test.items()}
     with mlflow.start_run(run_id=best_run):
         mlflow.set_tag("best_trial", "true")
-        mlflow.log_metrics(test_metrics)
-        sample = to_records(head(snap, 2), load_contract(cfg.contract))
-        log_model_artifacts(booster, prepared.features, cfg, sample)
-        example = prepared.splits["test"].limit(5).to_pandas()[names]
-        info = registry.log_model(booster, prepared.features, example, lineage)
-    model_name = cfg.tracking.model_name
-    version = registry.register(
-        info.model_uri, model_name, tags={**lineage, "run_id": best_run, "search": path.name}
-    )
-    registry.move_alias(model_name, CANDIDATE, version.version, f"best trial of search {path.name}")
-    metric = best.metrics[search.metric]
-    for key, value in {**test_metrics, f"best_{search.metric}": metric}.items():
+        published = publish(
+            _load_booster(best), prepared, snap, contract, cfg, tags={"search": path.name}
+        )
+    model_name, version = published.model_name, published.model_version
+    registry.mark_candidate(model_name, version, f"best trial of search {path.name}")
+    metric_key = eval_key(VALID, search.metric)
+    metric = best.metrics[metric_key]
+    test = published.test_metrics
+    for key, value in {
+        **{test_key(k): v for k, v in test.items()},
+        f"best_{metric_key}": metric,
+    }.items():
         client.log_metric(parent, key, value)
     for key, value in {
         "best_run_id": best_run,
@@ -311,8 +308,8 @@ def _finish(
         client.set_tag(parent, key, value)
     client.set_terminated(parent)
     step(
-        f"[tune] best trial {trial_id} ({search.metric}={metric:.4f}, test roc_auc="
-        f"{test['roc_auc']:.4f}) -> {model_name} v{version.version}, alias {CANDIDATE!r}"
+        f"[tune] best trial {trial_id} ({metric_key}={metric:.4f}, test {ROC_AUC}="
+        f"{test[ROC_AUC]:.4f}) -> {model_name} v{version}, alias {registry.CANDIDATE!r}"
     )
     return SearchResult(
         name=path.name,
@@ -326,5 +323,5 @@ def _finish(
         best_metric=metric,
         test_metrics=test,
         model_name=model_name,
-        model_version=str(version.version),
+        model_version=version,
     )

@@ -18,9 +18,9 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ray_app.config import Dimension, SearchConfig
+from ray_app.train import ROUNDS
 
 DEVICE, CPU, CUDA = "device", "cpu", "cuda"
-ROUNDS = "rounds"  # boosting rounds done: ASHA's clock, reported by every trial
 
 
 class NoGpuError(ValueError):

@@ -22,9 +22,10 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from ray_app.config import SearchConfig, TrainConfig
+from ray_app.data.split import TRAIN, VALID
 from ray_app.features import LABEL
-from ray_app.train import TRAIN, VALID, build_trainer, metrics_at
-from ray_app.tuning.space import CPU, CUDA, DEVICE, ROUNDS
+from ray_app.train import ROUNDS, boost, build_trainer, metrics_at, summary
+from ray_app.tuning.space import CPU, CUDA, DEVICE
 
 MODEL_FILE = "model.ubj"  # the name Ray's xgboost callbacks use too
 STATE_FILE = "state.json"
@@ -86,13 +87,16 @@ def choose_device(requested: str, on_missing_cuda: str) -> str:
     return CPU
 
 
-def trial_params(config: dict[str, Any], settings: SearchConfig, device: str) -> dict[str, Any]:
-    """XGBoost parameters of a trial: the fixed ones, the sampled ones, seed, threads, device."""
+def trial_params(
+    config: dict[str, Any], settings: SearchConfig, base: dict[str, Any], device: str
+) -> dict[str, Any]:
+    """XGBoost parameters of a trial: training's own (`base`, the pipeline config's), the
+    search's `fixed` overrides, the sampled ones, then seed, threads and device."""
     res = settings.resources
     threads = res.cpus_per_gpu_trial if config.get(DEVICE) == CUDA else res.cpus_per_trial
     sampled = {k: v for k, v in config.items() if k != DEVICE}
     fixed = {"seed": settings.seed, "nthread": threads, "device": device}
-    return {**settings.fixed, **sampled, **fixed}
+    return {**base, **settings.fixed, **sampled, **fixed}
 
 
 class _TuneReport(xgb.callback.TrainingCallback):
@@ -123,22 +127,17 @@ class _TuneReport(xgb.callback.TrainingCallback):
         return False
 
     def after_training(self, model: xgb.Booster) -> xgb.Booster:
-        trained = len(next(iter(self.evals_log[VALID].values())))
-        kept = model.num_boosted_rounds() - self.start
-        metrics = {
-            **metrics_at(self.evals_log, kept - 1),
-            ROUNDS: self.start + trained,
-            "model_rounds": model.num_boosted_rounds(),
-            TRAINED: 1,
-        }
+        metrics = {**summary(self.evals_log, model, self.start), TRAINED: 1}
         self._report(model, metrics, checkpoint=True)
         return model
 
 
-def single_trial(config: dict[str, Any], data: TrialData, settings: SearchConfig) -> None:
+def single_trial(
+    config: dict[str, Any], data: TrialData, settings: SearchConfig, base: dict[str, Any]
+) -> None:
     """One trial in one process. A retried trial resumes from its last checkpoint."""
     device = choose_device(config.get(DEVICE, CPU), settings.resources.on_missing_cuda)
-    params = trial_params(config, settings, device)
+    params = trial_params(config, settings, base, device)
     names = data.feature_names
     dtrain = xgb.DMatrix(data.x_train, label=data.y_train, feature_names=names)
     dvalid = xgb.DMatrix(data.x_valid, label=data.y_valid, feature_names=names)
@@ -147,26 +146,15 @@ def single_trial(config: dict[str, Any], data: TrialData, settings: SearchConfig
         with checkpoint.as_directory() as d:
             start = json.loads((Path(d) / STATE_FILE).read_text())[ROUNDS]
             model = xgb.Booster(model_file=str(Path(d) / MODEL_FILE))
-    callbacks: list[xgb.callback.TrainingCallback] = []
-    if settings.early_stopping_rounds:
-        callbacks.append(
-            xgb.callback.EarlyStopping(
-                settings.early_stopping_rounds,
-                metric_name=settings.metric.split("-", 1)[1],
-                data_name=VALID,
-                maximize=settings.mode == "max",
-                save_best=True,
-            )
-        )
-    callbacks.append(_TuneReport(settings, device, start))  # after early stopping's truncation
-    xgb.train(
+    boost(
         params,
         dtrain,
-        num_boost_round=settings.num_boost_round - start,
-        evals=[(dvalid, VALID)],
-        xgb_model=model,
-        callbacks=callbacks,
-        verbose_eval=False,
+        dvalid,
+        settings.num_boost_round - start,
+        settings.early_stopping_rounds,
+        settings.metric,
+        [_TuneReport(settings, device, start)],
+        start_from=model,
     )
 
 
@@ -175,12 +163,13 @@ def distributed_trial(
     datasets: dict[str, ray.data.Dataset],
     feature_names: list[str],
     settings: SearchConfig,
+    base: dict[str, Any],
     storage: str,
 ) -> None:
     """One trial as a Ray Train run with several workers; this function is only its driver.
     The run's name is the trial id, so a restored trial finds its own run folder."""
     device = CUDA if config.get(DEVICE) == CUDA else CPU
-    params = trial_params(config, settings, device)
+    params = trial_params(config, settings, base, device)
     train_cfg = TrainConfig(
         num_workers=settings.distributed.num_workers,
         cpus_per_worker=params["nthread"],
@@ -198,5 +187,6 @@ def distributed_trial(
         f"trial-{tune.get_context().get_trial_id()}",
         report_every=settings.report_every,
         callbacks=[TuneReportCallback()],
+        metric=settings.metric,
     )
     trainer.fit()
