@@ -28,12 +28,12 @@ def init_ray(address: str | None = None, progress: bool = True, **kwargs) -> Non
     `ray job logs`); tests turn both off."""
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
-    if ray.is_initialized():
-        return  # whoever started it chose its settings (a notebook, a test session)
-    ray.init(address=address, log_to_driver=progress, **kwargs)
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = progress
     # Rows reach training in the same order every run, so a data version, config and seed
-    # reproduce a byte-identical model.
+    # reproduce a byte-identical model: set even on a Ray someone else started.
     context.execution_options.preserve_order = True
+    if ray.is_initialized():
+        return  # whoever started it chose how much it shows (a notebook, a test session)
+    ray.init(address=address, log_to_driver=progress, **kwargs)
+    context.enable_progress_bars = progress
     logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)

@@ -65,13 +65,14 @@ def test_training_serving_parity(fitted, contract):
     """The same rows through Ray Data (training) and through the HTTP request model (serving)."""
     splits, fs = fitted
     context = ray.data.DataContext.get_current()
+    before = context.execution_options.preserve_order
     context.execution_options.preserve_order = True  # so the two paths' rows line up
     try:
         test = splits["test"].materialize()
         batch = features.transform_dataset(test, fs).to_pandas()
         raw = test.to_pandas()
     finally:
-        context.execution_options.preserve_order = False
+        context.execution_options.preserve_order = before  # the session's, for later tests
 
     _, request_model = request_models(contract)
     body = json.loads(json.dumps({"instances": to_records(raw, contract)}))  # over the wire
