@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import json
 import socket
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def result(ray_session, pipeline_config):
 def service(result):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app_builder({"model_name": result.model_name}), name="ray_app", route_prefix="/")
+    args = {"model_name": result.model_name, "max_instances": 50, "max_body_bytes": 65_536}
+    serve.run(app_builder(args), name="ray_app", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -150,6 +152,41 @@ def test_bad_requests_get_422_naming_the_field_and_service_keeps_serving(result,
     assert malformed.status_code == 422 and "body" in malformed.json()["detail"]
     health = requests.get(f"{service}/healthz", timeout=10).json()
     assert health["status"] == "ok" and health["model_version"] == result.model_version
+
+
+def test_input_json_cannot_carry_back_is_a_422_not_a_500(result, service):
+    good = sample_request(result.model_name)["instances"][0]
+    for field, literal in (("monthly_charge", "NaN"), ("age", "Infinity"), ("age", "-Infinity")):
+        body = json.dumps({"instances": [{**good, field: 0}]}).replace(
+            f'"{field}": 0', f'"{field}": {literal}'
+        )
+        response = requests.post(
+            f"{service}/predict",
+            data=body,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
+        assert response.status_code == 422, (literal, response.text)
+        assert f"instances.0.{field}" in response.json()["detail"]
+
+
+def test_limits_on_what_a_request_may_be(result, service):
+    good = sample_request(result.model_name)["instances"][0]
+    too_many = requests.post(f"{service}/predict", json={"instances": [good] * 51}, timeout=30)
+    assert too_many.status_code == 422 and "instances" in too_many.json()["detail"]
+    assert "at most 50" in too_many.json()["detail"]
+    padded = {"instances": [good], "pad": "x" * 70_000}
+    too_big = requests.post(f"{service}/predict", json=padded, timeout=30)
+    assert too_big.status_code == 413 and "65536 bytes" in too_big.json()["detail"]
+    as_text = requests.post(
+        f"{service}/predict",
+        data=json.dumps({"instances": [good]}),
+        timeout=30,
+        headers={"content-type": "text/plain"},
+    )
+    assert as_text.status_code == 415 and "application/json" in as_text.json()["detail"]
+    ok = requests.post(f"{service}/predict", json={"instances": [good] * 50}, timeout=30)
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 50
 
 
 def test_openapi_docs_show_the_contract(service):

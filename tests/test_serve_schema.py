@@ -55,3 +55,16 @@ def test_openapi_schema_shows_contract_types(request_model, contract):
     assert instance["properties"]["plan"]["enum"] == ["basic", "standard", "premium"]
     assert instance["properties"]["age"]["minimum"] == 18
     assert "gender" not in instance["properties"]
+
+
+def test_today_is_the_day_of_the_request_not_of_the_replica_start(request_model, monkeypatch):
+    import datetime as dt
+
+    from ray_app.model import schema
+
+    tomorrow = dt.date.today() + dt.timedelta(days=1)
+    late = {**GOOD, "last_login": tomorrow.isoformat()}
+    with pytest.raises(ValidationError, match="no later than today"):
+        request_model.model_validate({"instances": [late]})
+    monkeypatch.setattr(schema, "today", lambda: tomorrow)  # the clock after midnight
+    request_model.model_validate({"instances": [late]})  # yesterday's model, today's rule

@@ -10,15 +10,15 @@ shows the true schema instead of a free-form dict.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from ray_app.data.contract import ColumnSpec, Contract
 from ray_app.features import FeatureSet
 
-MAX_INSTANCES = 10_000
+MAX_INSTANCES = 10_000  # rows per request unless the application's args say otherwise
 _PY_TYPES: dict[str, Any] = {
     "integer": int,
     "float": float,
@@ -28,19 +28,37 @@ _PY_TYPES: dict[str, Any] = {
 }
 
 
+def today() -> dt.date:
+    return dt.date.today()
+
+
+def _not_after_today(value: dt.date | None) -> dt.date | None:
+    """`max: today`, judged on the day of the request (not the day the replica started)."""
+    if value is not None and value > today():
+        raise ValueError(f"Date should be no later than today ({today()})")
+    return value
+
+
 def _field(name: str, spec: ColumnSpec) -> tuple[Any, Any]:
     kind: Any = Literal[tuple(spec.allowed)] if spec.allowed else _PY_TYPES.get(spec.type, str)
-    upper = dt.date.today() if spec.max == "today" else spec.max  # as of replica start
-    bounds = {"ge": spec.min, "le": upper} if spec.type in ("integer", "float", "date") else {}
+    bounds: dict[str, Any] = {}
+    if spec.type in ("integer", "float", "date"):
+        bounds = {"ge": spec.min, "le": None if spec.max == "today" else spec.max}
     if spec.type == "float":
         bounds["allow_inf_nan"] = False
+    if spec.max == "today":
+        kind = Annotated[kind, AfterValidator(_not_after_today)]
+        bounds["description"] = "no later than today"
     if spec.nullable:
         return (kind | None, Field(None, alias=name, **bounds))
     return (kind, Field(..., alias=name, **bounds))
 
 
-def request_models(contract: Contract) -> tuple[type[BaseModel], type[BaseModel]]:
-    """(Instance, PredictRequest) pydantic models for a contract's input columns."""
+def request_models(
+    contract: Contract, max_instances: int = MAX_INSTANCES
+) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(Instance, PredictRequest) pydantic models for a contract's input columns; a request
+    holds 1 to `max_instances` rows."""
     fields = {
         f"f{i}": _field(name, contract.columns[name])
         for i, name in enumerate(contract.input_columns)
@@ -53,7 +71,7 @@ def request_models(contract: Contract) -> tuple[type[BaseModel], type[BaseModel]
     request = create_model(
         "PredictRequest",
         __config__=ConfigDict(extra="forbid"),
-        instances=(list[instance], Field(..., min_length=1, max_length=MAX_INSTANCES)),
+        instances=(list[instance], Field(..., min_length=1, max_length=max_instances)),
     )
     return instance, request
 

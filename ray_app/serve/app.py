@@ -8,19 +8,26 @@ No `from __future__ import annotations` here: FastAPI must see the request model
 runtime as a real annotation, not a string it would look up in module globals.
 """
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from ray_app import registry
 from ray_app.features import FeatureSet
-from ray_app.model.schema import ExplainResponse, PredictResponse, records, request_models
+from ray_app.model.schema import (
+    MAX_INSTANCES,
+    ExplainResponse,
+    PredictResponse,
+    records,
+    request_models,
+)
 from ray_app.serve.model import ModelServer
 
 
@@ -29,6 +36,8 @@ class AppArgs(BaseModel):
 
     model_name: str
     alias: str = registry.PRODUCTION
+    max_instances: int = Field(MAX_INSTANCES, ge=1)  # rows per request; more is a 422
+    max_body_bytes: int = Field(10 * 2**20, ge=1024)  # larger bodies get 413, unread
 
 
 def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -45,25 +54,57 @@ def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 
 def _short(value: Any) -> Any:
-    text = repr(value)
+    """The offending input as the client sent it, if JSON can carry it back (NaN and Infinity
+    cannot: they are shown as text), and cut to 200 characters."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+        return text if len(text) <= 200 else text[:200] + "..."
     return value if len(text) <= 200 else text[:200] + "..."
+
+
+def _refuse_body(request: Request, max_bytes: int) -> JSONResponse | None:
+    """415 for a body that is not JSON, 413 for one over the limit: answered before the body
+    is read or parsed, so a huge or foreign upload costs the replica nothing."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        return JSONResponse(
+            status_code=415,
+            content={"detail": f"content-type must be application/json, got {kind or 'none'!r}"},
+        )
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit() or int(length) > max_bytes:
+        said = f"{length} bytes" if length and length.isdigit() else "no Content-Length"
+        return JSONResponse(
+            status_code=413 if length and length.isdigit() else 411,
+            content={"detail": f"request body: {said}; the limit is {max_bytes} bytes"},
+        )
+    return None
 
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
 @serve.ingress()
 class Ingress:
-    def __init__(self, model: DeploymentHandle):
+    def __init__(self, model: DeploymentHandle, max_instances: int, max_body_bytes: int):
         self.model = model
+        self.max_instances, self.max_body_bytes = max_instances, max_body_bytes
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         fs = FeatureSet.from_json(await self.model.features.remote())
         contract = fs.parsed_contract()
-        _, PredictRequest = request_models(contract)
+        _, PredictRequest = request_models(contract, self.max_instances)
         api = FastAPI(
             title="ray_app prediction service",
             description=f"Predicts `{contract.label_column}` for the `{contract.name}` contract.",
         )
         api.add_exception_handler(RequestValidationError, _validation_error)
+
+        @api.middleware("http")
+        async def limit_bodies(request: Request, call_next: Any) -> Any:
+            if request.method == "POST" and (refused := _refuse_body(request, self.max_body_bytes)):
+                return refused
+            return await call_next(request)
 
         @api.post("/predict", response_model=PredictResponse)
         async def predict(request: PredictRequest) -> dict[str, Any]:  # type: ignore[valid-type]
@@ -88,4 +129,5 @@ class Ingress:
 def app_builder(args: dict[str, Any]) -> Application:
     """Build the application from `serve_config.yaml` args (validated by AppArgs)."""
     parsed = AppArgs.model_validate(args or {})
-    return Ingress.bind(ModelServer.bind(parsed.model_name, parsed.alias))
+    model = ModelServer.bind(parsed.model_name, parsed.alias)
+    return Ingress.bind(model, parsed.max_instances, parsed.max_body_bytes)
