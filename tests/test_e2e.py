@@ -287,7 +287,7 @@ def test_a_version_with_another_request_schema_waits_for_a_redeploy(result, serv
     contract["columns"]["age"]["max"] = 90  # another contract: requests validate differently
     narrower = dataclasses.replace(serving.features, contract=contract)
     sample = sample_request(name)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=tracking.experiment_id("ray_app")):
         info = log_model(serving.booster, narrower, sample["instances"], {})
     other = registry.register(info.model_uri, name, {})
     registry.promote(name, registry.PRODUCTION, other.version, "test", "", serving.version)
@@ -300,12 +300,37 @@ def test_a_version_with_another_request_schema_waits_for_a_redeploy(result, serv
         assert "redeploy" in health["held_back"]["reason"]
         answer = requests.post(f"{service}/predict", json=sample, timeout=30)
         assert answer.status_code == 200 and answer.json()["model_version"] == serving.version
+        # A replica Serve restarts now finds the alias on the other contract: it must serve
+        # the deployed version, not the one its ingress cannot validate for.
+        killed = _kill_model_replicas()
+        deadline, health = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and health.get("held_back") is None:
+            time.sleep(1)
+            try:
+                health = requests.get(f"{service}/healthz", timeout=10).json()
+            except (requests.RequestException, ValueError):
+                health = {}  # the replica is starting
+        assert health.get("held_back"), (killed, health)
+        assert health["model_version"] == result.model_version  # the deployed version
+        answer = requests.post(f"{service}/predict", json=sample, timeout=30)
+        assert answer.status_code == 200, answer.text
     finally:
         registry.promote(name, registry.PRODUCTION, serving.version, "test", "", other.version)
     deadline = time.monotonic() + 30
     while requests.get(f"{service}/healthz", timeout=10).json()["held_back"]:
         assert time.monotonic() < deadline, "held-back version still reported"
         time.sleep(0.5)
+
+
+def _kill_model_replicas() -> list[str]:
+    import ray
+
+    named = ray.util.list_named_actors(all_namespaces=True)
+    replicas = [a for a in named if "Model" in a["name"] and "REPLICA" in a["name"]]
+    for actor in replicas:
+        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+    assert replicas, [a["name"] for a in named]
+    return [a["name"] for a in replicas]
 
 
 def _wait_for_version(url: str, body: dict, version: str, timeout_s: float = 30) -> None:
@@ -337,3 +362,30 @@ def test_another_table_registers_under_its_contracts_name_and_gate_entry(
     ]
     assert floor["limit"] == 0.75  # gates.yaml `default`; churn_model's entry says 0.80
     assert "champion" not in "; ".join(r["reason"] for r in report["results"] if not r["passed"])
+
+
+def test_a_version_that_fails_to_load_shows_as_degraded_while_the_old_one_answers(
+    result, service
+):
+    name = result.model_name
+    serving, sample = load(name), sample_request(name)
+    with mlflow.start_run(experiment_id=tracking.experiment_id("ray_app")):
+        # a model without ray_app's files: it cannot be loaded
+        info = mlflow.xgboost.log_model(serving.booster, name="model")
+    broken = registry.register(info.model_uri, name, {})
+    registry.promote(name, registry.PRODUCTION, broken.version, "test", "", serving.version)
+    try:
+        deadline, health = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and health.get("status") != "degraded":
+            time.sleep(0.5)
+            health = requests.get(f"{service}/healthz", timeout=10).json()
+        assert health["status"] == "degraded" and health["reload_error"], health
+        assert health["model_version"] == serving.version
+        answer = requests.post(f"{service}/predict", json=sample, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model_version"] == serving.version
+    finally:
+        registry.promote(name, registry.PRODUCTION, serving.version, "test", "", broken.version)
+    deadline = time.monotonic() + 30
+    while requests.get(f"{service}/healthz", timeout=10).json()["status"] != "ok":
+        assert time.monotonic() < deadline, "still degraded after the alias came back"
+        time.sleep(0.5)

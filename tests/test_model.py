@@ -48,7 +48,7 @@ def versions(isolated_env, request):
     booster = xgb.train({}, xgb.DMatrix([[0.0], [1.0]], label=[0, 1]), 1)
     out = []
     for _ in range(3):
-        with mlflow.start_run():
+        with mlflow.start_run(experiment_id=tracking.experiment_id("ray_app")):
             info = mlflow.xgboost.log_model(booster, name="model")
         out.append(str(registry.register(info.model_uri, name, {}).version))
     return name, out

@@ -19,8 +19,10 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from ray_app import registry
+from ray_app import registry, tracking
 from ray_app.features import FeatureSet
+from ray_app.model.loaded import load
+from ray_app.model.ref import ModelRef
 from ray_app.model.schema import (
     MAX_INSTANCES,
     ExplainResponse,
@@ -86,12 +88,14 @@ def _refuse_body(request: Request, max_bytes: int) -> JSONResponse | None:
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
 @serve.ingress()
 class Ingress:
-    def __init__(self, model: DeploymentHandle, max_instances: int, max_body_bytes: int):
-        self.model = model
+    def __init__(
+        self, model: DeploymentHandle, deployed: str, max_instances: int, max_body_bytes: int
+    ):
+        self.model, self.deployed = model, deployed
         self.max_instances, self.max_body_bytes = max_instances, max_body_bytes
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
-        fs = FeatureSet.from_json(await self.model.features.remote())
+        fs = FeatureSet.from_json(self.deployed)
         contract = fs.parsed_contract()
         _, PredictRequest = request_models(contract, self.max_instances)
         api = FastAPI(
@@ -120,14 +124,20 @@ class Ingress:
 
         @api.get("/healthz")
         async def healthz() -> dict[str, Any]:
-            """Liveness, the version answering, and a version held back, if any."""
-            return {"status": "ok", **await self.model.status.remote()}
+            """The version answering, a version held back, and a failing alias check (status
+            `degraded`: the replica still answers with the version it has)."""
+            return await self.model.status.remote()
 
         return api
 
 
 def app_builder(args: dict[str, Any]) -> Application:
-    """Build the application from `serve_config.yaml` args (validated by AppArgs)."""
+    """Build the application from `serve_config.yaml` args (validated by AppArgs). The version
+    the alias points at now fixes the request schema of this deployment: the ingress validates
+    with it, and model replicas serve only versions that share it."""
     parsed = AppArgs.model_validate(args or {})
-    model = ModelServer.bind(parsed.model_name, parsed.alias)
-    return Ingress.bind(model, parsed.max_instances, parsed.max_body_bytes)
+    tracking.configure()
+    deployed = load(ModelRef(parsed.model_name, alias=parsed.alias))
+    features = deployed.features.to_json()
+    model = ModelServer.bind(parsed.model_name, features, str(deployed.version), parsed.alias)
+    return Ingress.bind(model, features, parsed.max_instances, parsed.max_body_bytes)

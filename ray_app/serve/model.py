@@ -17,6 +17,7 @@ from typing import Any
 from ray import serve
 
 from ray_app import registry, tracking
+from ray_app.features import FeatureSet
 from ray_app.model.loaded import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.schema import request_schema
@@ -27,23 +28,61 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment(name="Model", ray_actor_options={"num_cpus": 0.5})
 class ModelServer:
-    def __init__(self, model_name: str, alias: str = registry.PRODUCTION, poll_s: float = 5.0):
+    """`deployed` is the FeatureSet (JSON) of the version the application was built with: its
+    request schema is the one the ingress validates with, so this replica serves only versions
+    with that schema, whether it follows a move of its alias or was restarted by Serve."""
+
+    def __init__(
+        self,
+        model_name: str,
+        deployed: str,
+        deployed_version: str,
+        alias: str = registry.PRODUCTION,
+        poll_s: float = 5.0,
+    ):
         tracking.configure()
         self.model_name, self.alias, self.poll_s = model_name, alias, poll_s
+        self.schema = request_schema(FeatureSet.from_json(deployed))
+        self.deployed_version = deployed_version
         self.threshold: float | None = None  # None: each version's gate threshold
-        self.served = self._load()
         self.held_back: dict[str, str] = {}  # a version the alias points at but not served
+        self.reload_error: str | None = None  # the last failed check of the alias, if any
+        loaded = self._load(ModelRef(model_name, alias=alias))
+        if not self._fits(loaded):  # restarted after the alias moved to another contract
+            loaded = self._load(ModelRef(model_name, version=deployed_version))
+        self.served = loaded
         self._stop = threading.Event()
-        threading.Thread(target=self._follow_alias, name="follow-alias", daemon=True).start()
+        self._follower = threading.Thread(target=self._follow_alias, daemon=True)
+        self._follower.start()
 
-    def _load(self) -> Scorer:
-        return Scorer.of(load(ModelRef(self.model_name, alias=self.alias)), self.threshold)
+    def _load(self, ref: ModelRef) -> Scorer:
+        return Scorer.of(load(ref), self.threshold)
+
+    def _fits(self, loaded: Scorer) -> bool:
+        """Whether the ingress's schema validates this version's requests; else hold it back."""
+        if request_schema(loaded.model.features) == self.schema:
+            return True
+        self.held_back = {
+            "version": str(loaded.model.version),
+            "reason": "its request schema differs from the deployed one; redeploy "
+            "(serve deploy) to serve it",
+        }
+        logger.error(
+            "%s@%s: not serving version %s: %s",
+            self.model_name,
+            self.alias,
+            loaded.model.version,
+            self.held_back["reason"],
+        )
+        return False
 
     def _follow_alias(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
                 self._refresh()
-            except Exception:  # the registry may be briefly unreachable: keep serving
+                self.reload_error = None
+            except Exception as e:  # the registry may be briefly unreachable: keep serving
+                self.reload_error = f"{type(e).__name__}: {e}"[:500]
                 logger.exception("could not check %s@%s", self.model_name, self.alias)
 
     def _refresh(self) -> None:
@@ -51,27 +90,19 @@ class ModelServer:
         if current == self.served.model.version:
             self.held_back = {}  # the alias came back to what is served
             return
-        if current == self.held_back.get("version"):
+        if current is None or current == self.held_back.get("version"):
             return
-        loaded = self._load()
-        if request_schema(loaded.model.features) != request_schema(self.served.model.features):
-            # The ingress validates requests with the schema it was deployed with; answering
-            # them with a model of another contract would fail, so this version must wait.
-            self.held_back = {
-                "version": loaded.model.version,
-                "reason": "its request schema differs from the deployed one; redeploy "
-                "(serve deploy) to serve it",
-            }
-            logger.error(
-                "%s@%s: not serving version %s: %s",
-                self.model_name,
-                self.alias,
-                loaded.model.version,
-                self.held_back["reason"],
-            )
-            return
-        self.served, self.held_back = loaded, {}
-        logger.info("%s@%s is now version %s", self.model_name, self.alias, loaded.model.version)
+        loaded = self._load(ModelRef(self.model_name, version=current))
+        if self._fits(loaded):
+            self.served, self.held_back = loaded, {}
+            logger.info("%s@%s is now version %s", self.model_name, self.alias, current)
+
+    def check_health(self) -> None:
+        """Serve replaces a replica whose alias follower has died: it would serve a stale
+        version forever. A registry outage is not a reason (a new replica could not load
+        anything either); it shows in `/healthz` as `degraded`."""
+        if not self._follower.is_alive():
+            raise RuntimeError(f"{self.model_name}@{self.alias}: the alias follower stopped")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         threshold = user_config.get("threshold")
@@ -85,17 +116,15 @@ class ModelServer:
         self._stop.set()
 
     def status(self) -> dict[str, Any]:
-        """What this replica serves, and any version it holds back."""
+        """What this replica serves, any version it holds back, and a failing alias check."""
         return {
+            "status": "degraded" if self.reload_error else "ok",
             "model_name": self.model_name,
             "alias": self.alias,
             "model_version": self.served.model.version,
             "held_back": self.held_back or None,
+            "reload_error": self.reload_error,
         }
-
-    def features(self) -> str:
-        """The served model's FeatureSet as JSON (the ingress builds its schema from it)."""
-        return self.served.model.features.to_json()
 
     def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         return self.served.predict(records)
