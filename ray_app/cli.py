@@ -114,6 +114,7 @@ def _run_pipeline(config: Path, address: str | None, yes: bool, **kwargs) -> Non
     from ray_app.data.validate import ValidationTaskError
     from ray_app.pipeline import run
     from ray_app.runtime import init_ray
+    from ray_app.train import ResourcesUnavailable
 
     cfg, gates = _pipeline_config(config)
     init_ray(address)
@@ -122,7 +123,7 @@ def _run_pipeline(config: Path, address: str | None, yes: bool, **kwargs) -> Non
     except DataError as e:
         typer.echo(f"pipeline stopped: {e}", err=True)
         raise typer.Exit(2) from None
-    except ValidationTaskError as e:
+    except (ValidationTaskError, ResourcesUnavailable) as e:
         typer.echo(f"pipeline failed: {e}", err=True)
         raise typer.Exit(1) from None
     print_result(result)

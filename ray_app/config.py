@@ -74,6 +74,9 @@ class TrainConfig(Strict):
     early_stopping_rounds: int | None = 20
     seed: int = 42
     params: dict[str, Any] = Field(default_factory=dict)
+    # How long training waits for the CPUs (and GPUs) it needs before it stops and says what
+    # it asked for and what was free; it takes fewer CPUs per worker when only fewer are free.
+    placement_timeout_s: float = Field(60, gt=0)
 
 
 class TrackingConfig(Strict):

@@ -26,7 +26,7 @@ from ray_app.evaluate.job import GateReport, run_gate
 from ray_app.model.ref import ModelRef
 from ray_app.progress import Steps
 from ray_app.publish import publish
-from ray_app.train import train, xgb_params
+from ray_app.train import fit_to_cluster, train, xgb_params
 
 
 @dataclass
@@ -73,14 +73,15 @@ def train_and_gate(
     prepared = features.prepare(snap, contract, cfg.data.split, step)
     tracking.configure()
     experiment = tracking.experiment_id(cfg.tracking.experiment)
+    sized = fit_to_cluster(cfg.train, step.log)
     with mlflow.start_run(experiment_id=experiment, run_name=f"train-{snap.version}") as active:
         run_id = active.info.run_id
         mlflow.log_params(
             {
-                **xgb_params(cfg.train, cfg.train.cpus_per_worker),
-                "num_boost_round": cfg.train.num_boost_round,
-                "num_workers": cfg.train.num_workers,
-                "early_stopping_rounds": cfg.train.early_stopping_rounds,
+                **xgb_params(sized, sized.cpus_per_worker),
+                "num_boost_round": sized.num_boost_round,
+                "num_workers": sized.num_workers,
+                "early_stopping_rounds": sized.early_stopping_rounds,
             }
         )
         for name in (validation_report.JSON_NAME, validation_report.HTML_NAME):
@@ -89,7 +90,7 @@ def train_and_gate(
             prepared.splits[TRAIN],
             prepared.splits[VALID],
             prepared.features.feature_names,
-            cfg.train,
+            sized,
             rayapp_home() / "ray_results",
             f"train-{snap.version}-{run_id[:8]}",
         )

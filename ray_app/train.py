@@ -14,6 +14,8 @@ training itself.
 from __future__ import annotations
 
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,6 +193,46 @@ def build_trainer(
             callbacks=callbacks,
         ),
     )
+
+
+class ResourcesUnavailable(RuntimeError):
+    """Training cannot be placed on the cluster: the message names what it asked for and what
+    was free."""
+
+
+def _shown(resources: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU"))
+
+
+def fit_to_cluster(cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+    """The training config sized to what the cluster can give now: with serving (or another
+    job) holding part of it, each worker takes the whole CPUs that are free, up to
+    `cpus_per_worker`. With not even one CPU (or the GPUs) per worker free, it waits up to
+    `placement_timeout_s`, then stops with what it asked for and what was free, instead of
+    leaving a placement group pending for ever."""
+    deadline = time.monotonic() + cfg.placement_timeout_s
+    while True:
+        free = ray.available_resources()
+        per_worker = min(cfg.cpus_per_worker, int(free.get("CPU", 0) // cfg.num_workers))
+        gpus = not cfg.use_gpu or free.get("GPU", 0) >= cfg.num_workers
+        if per_worker >= 1 and gpus:
+            break
+        if time.monotonic() >= deadline:
+            asked = f"CPU 1 to {cfg.cpus_per_worker}" + (", GPU 1" if cfg.use_gpu else "")
+            raise ResourcesUnavailable(
+                f"training asks for {cfg.num_workers} worker(s) x {{{asked}}}; after "
+                f"{cfg.placement_timeout_s:g}s the cluster has {_shown(free) or 'nothing'} "
+                f"free of {_shown(ray.cluster_resources())} (Serve replicas and other jobs "
+                "hold the rest); free some, add nodes, or lower train.num_workers"
+            )
+        time.sleep(min(1.0, cfg.placement_timeout_s / 10))
+    if per_worker < cfg.cpus_per_worker:
+        log(
+            f"[train] {free.get('CPU', 0):g} CPUs free: {cfg.num_workers} worker(s) x "
+            f"{per_worker} CPUs instead of {cfg.cpus_per_worker}"
+        )
+        cfg = cfg.model_copy(update={"cpus_per_worker": per_worker})
+    return cfg
 
 
 def train(

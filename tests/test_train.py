@@ -40,3 +40,76 @@ def test_two_workers_train_one_booster_saved_as_ubj(ray_session, tmp_path):
     assert result.metrics["valid-auc"] > 0.75 and result.metrics["rounds"] == 15
     saved = Path(result.checkpoint_path) / "model.ubj"
     assert xgb.Booster(model_file=str(saved)).num_boosted_rounds() == 15
+
+
+def _free_cpus() -> float:
+    """Free CPUs once Ray's view has settled (it lags placement groups by a moment)."""
+    import time
+
+    before = -1.0
+    while (now := ray.available_resources().get("CPU", 0)) != before:
+        before = now
+        time.sleep(0.5)
+    return now
+
+
+def _hold_cpus_leaving(free: float):
+    """A placement group holding the cluster's CPUs but `free` (what Serve replicas do)."""
+    from ray.util.placement_group import placement_group
+
+    group = placement_group([{"CPU": _free_cpus() - free}])
+    ray.get(group.ready(), timeout=30)
+    assert _free_cpus() == free
+    return group
+
+
+def test_training_takes_the_cpus_that_are_free_beside_serving(ray_session, tmp_path):
+    from ray.util.placement_group import remove_placement_group
+
+    from ray_app.train import fit_to_cluster
+
+    cfg = TrainConfig(
+        cpus_per_worker=2,
+        num_boost_round=5,
+        early_stopping_rounds=None,
+        placement_timeout_s=5,
+        params={"objective": "binary:logistic", "eval_metric": ["logloss"]},
+    )
+    said: list[str] = []
+    group = _hold_cpus_leaving(1.25)  # a 2-CPU machine with 0.75 held by Serve
+    try:
+        sized = fit_to_cluster(cfg, said.append)
+        assert sized.cpus_per_worker == 1 and "1.25 CPUs free" in said[0]
+        result = train(
+            ray.data.from_pandas(_frame(1_000, 1)),
+            ray.data.from_pandas(_frame(300, 2)),
+            ["a", "b", "c"],
+            sized,
+            tmp_path,
+            "beside-serving",
+        )
+        assert result.booster.num_boosted_rounds() == 5
+    finally:
+        remove_placement_group(group)
+
+
+def test_training_that_cannot_be_placed_stops_in_time_saying_why(ray_session):
+    import time
+
+    import pytest
+    from ray.util.placement_group import remove_placement_group
+
+    from ray_app.train import ResourcesUnavailable, fit_to_cluster
+
+    cfg = TrainConfig(num_workers=2, cpus_per_worker=2, placement_timeout_s=2)
+    group = _hold_cpus_leaving(0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ResourcesUnavailable) as err:
+            fit_to_cluster(cfg, print)
+    finally:
+        remove_placement_group(group)
+    assert time.monotonic() - started < 10  # the configured wait, not for ever
+    message = str(err.value)
+    assert "asks for 2 worker(s) x {CPU 1 to 2}" in message
+    assert "the cluster has CPU 0.5, GPU 1 free of CPU 4" in message
