@@ -170,6 +170,29 @@ def test_input_json_cannot_carry_back_is_a_422_not_a_500(result, service):
         assert f"instances.0.{field}" in response.json()["detail"]
 
 
+def test_ids_and_sensitive_columns_are_echoed_or_accepted_never_fed(result, service):
+    good = sample_request(result.model_name)["instances"][0]
+    rows = [
+        {**good, "customer_id": "C000000001", "gender": "female"},
+        {**good, "customer_id": "C000000002", "gender": "male"},
+        good,
+    ]
+    response = requests.post(
+        f"{service}/predict",
+        json={"instances": rows},
+        headers={"X-Request-ID": "req-42"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["request_id"] == "req-42" and response.headers["x-request-id"] == "req-42"
+    answers = body["predictions"]
+    assert [a["id"] for a in answers] == ["C000000001", "C000000002", None]
+    assert len({a["probability"] for a in answers}) == 1  # gender and id never reach the model
+    fresh = requests.post(f"{service}/predict", json={"instances": [good]}, timeout=30)
+    assert fresh.json()["request_id"] == fresh.headers["x-request-id"]  # made by Serve
+
+
 def test_limits_on_what_a_request_may_be(result, service):
     good = sample_request(result.model_name)["instances"][0]
     too_many = requests.post(f"{service}/predict", json={"instances": [good] * 51}, timeout=30)

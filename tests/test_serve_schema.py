@@ -51,10 +51,11 @@ def test_bad_requests_name_the_field(request_model, instances, field):
 
 def test_openapi_schema_shows_contract_types(request_model, contract):
     instance = request_model.model_json_schema()["$defs"]["Instance"]
-    assert set(instance["properties"]) == set(contract.input_columns)
+    assert set(instance["properties"]) == {*contract.input_columns, "customer_id", "gender"}
+    assert set(instance["required"]) == set(contract.input_columns)  # id, gender: optional
     assert instance["properties"]["plan"]["enum"] == ["basic", "standard", "premium"]
     assert instance["properties"]["age"]["minimum"] == 18
-    assert "gender" not in instance["properties"]
+    assert instance["properties"]["gender"]["anyOf"][0]["enum"] == ["female", "male", "other"]
 
 
 def test_today_is_the_day_of_the_request_not_of_the_replica_start(request_model, monkeypatch):

@@ -225,6 +225,13 @@ class Contract(BaseModel):
         needed = set(self.feature_columns) | {s for d in self.derived for s in d.sources}
         return [name for name in self.columns if name in needed]
 
+    @cached_property
+    def passthrough_columns(self) -> list[str]:
+        """Columns a request may carry that are never fed to the model: the id (echoed, the key
+        delayed labels are joined on) and sensitive columns (for live fairness)."""
+        wanted = [self.id_column, *self.sensitive_columns]
+        return [n for n in self.columns if n in wanted and n not in self.input_columns]
+
     def checks(self) -> list[Check]:
         """Compile the contract into Great Expectations expectations, one per rule. Tolerances
         (`max_null_fraction`) are applied to totals over all batches, not per batch."""

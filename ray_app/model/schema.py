@@ -63,6 +63,9 @@ def request_models(
         f"f{i}": _field(name, contract.columns[name])
         for i, name in enumerate(contract.input_columns)
     }
+    for i, name in enumerate(contract.passthrough_columns):  # optional, never fed to the model
+        spec = contract.columns[name].model_copy(update={"nullable": True})
+        fields[f"p{i}"] = _field(name, spec)
     instance = create_model(
         "Instance",
         __config__=ConfigDict(extra="forbid", populate_by_name=False),
@@ -85,9 +88,11 @@ def request_schema(fs: FeatureSet) -> dict[str, Any]:
 class Prediction(BaseModel):
     probability: float = Field(description="probability of the positive label")
     label: Any = Field(description="predicted label value at the serving threshold")
+    id: Any = Field(None, description="the row's id column, when the request carried it")
 
 
 class PredictResponse(BaseModel):
+    request_id: str | None = Field(None, description="X-Request-ID as sent, else generated")
     model_name: str
     model_version: str
     threshold: float = Field(description="probability at or above which the label is positive")
@@ -106,6 +111,7 @@ class Explanation(Prediction):
 
 
 class ExplainResponse(BaseModel):
+    request_id: str | None = None
     model_name: str
     model_version: str
     threshold: float

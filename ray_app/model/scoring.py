@@ -62,11 +62,17 @@ class Scorer:
         """Rows × (features + 1) SHAP values in log-odds; the last column is the base value."""
         return self.model.booster.predict(xgb.DMatrix(matrix), pred_contribs=True)
 
-    def _answer(self, proba: np.ndarray) -> list[dict[str, Any]]:
-        return [
+    def _answer(self, proba: np.ndarray, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each row's probability and label, and its id when the request carried one."""
+        key = self.model.contract.id_column
+        answers = [
             {"probability": float(p), "label": _plain(label)}
             for p, label in zip(proba, self.labels(proba), strict=True)
         ]
+        for answer, record in zip(answers, records, strict=True):
+            if key is not None and record.get(key) is not None:
+                answer["id"] = record[key]
+        return answers
 
     def _header(self) -> dict[str, Any]:
         return {
@@ -77,7 +83,7 @@ class Scorer:
 
     def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         proba = self.proba(pd.DataFrame.from_records(records))
-        return {**self._header(), "predictions": self._answer(proba)}
+        return {**self._header(), "predictions": self._answer(proba, records)}
 
     def explain(self, records: list[dict[str, Any]], top_k: int) -> dict[str, Any]:
         """Each row's prediction with its `top_k` features by absolute SHAP contribution."""
@@ -87,7 +93,11 @@ class Scorer:
         names = self.model.features.feature_names
         out = []
         for row, answer, record, model_row in zip(
-            contribs, self._answer(proba), records, matrix.itertuples(index=False), strict=True
+            contribs,
+            self._answer(proba, records),
+            records,
+            matrix.itertuples(index=False),
+            strict=True,
         ):
             top = np.argsort(-np.abs(row[:-1]), kind="stable")[:top_k]
             out.append(

@@ -9,6 +9,7 @@ runtime as a real annotation, not a string it would look up in module globals.
 """
 
 import json
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -105,22 +106,33 @@ class Ingress:
         api.add_exception_handler(RequestValidationError, _validation_error)
 
         @api.middleware("http")
-        async def limit_bodies(request: Request, call_next: Any) -> Any:
-            if request.method == "POST" and (refused := _refuse_body(request, self.max_body_bytes)):
-                return refused
-            return await call_next(request)
+        async def edge(request: Request, call_next: Any) -> Any:
+            """Bodies refused before they are read, and the request id for the answer: Serve's
+            proxy puts the client's X-Request-ID (or one it made) on every request and echoes
+            it in the response headers; answers carry it in the body too."""
+            request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+            refused = request.method == "POST" and _refuse_body(request, self.max_body_bytes)
+            return refused or await call_next(request)
 
         @api.post("/predict", response_model=PredictResponse)
-        async def predict(request: PredictRequest) -> dict[str, Any]:  # type: ignore[valid-type]
-            return await self.model.predict.remote(records(request))
+        async def predict(
+            request: PredictRequest,  # type: ignore[valid-type]
+            http: Request,
+        ) -> dict[str, Any]:
+            """Each row's probability and label; a row's id column, when sent, is echoed, and
+            sensitive columns are accepted but never fed to the model."""
+            answer = await self.model.predict.remote(records(request))
+            return {**answer, "request_id": http.state.request_id}
 
         @api.post("/explain", response_model=ExplainResponse)
         async def explain(
             request: PredictRequest,  # type: ignore[valid-type]
+            http: Request,
             top_k: int = Query(5, ge=1, le=len(fs.feature_names), description="features per row"),
         ) -> dict[str, Any]:
             """Each row's prediction and the features that moved it most (SHAP, log-odds)."""
-            return await self.model.explain.remote(records(request), top_k)
+            answer = await self.model.explain.remote(records(request), top_k)
+            return {**answer, "request_id": http.state.request_id}
 
         @api.get("/healthz")
         async def healthz() -> dict[str, Any]:
