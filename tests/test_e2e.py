@@ -412,3 +412,21 @@ def test_a_version_that_fails_to_load_shows_as_degraded_while_the_old_one_answer
     while requests.get(f"{service}/healthz", timeout=10).json()["status"] != "ok":
         assert time.monotonic() < deadline, "still degraded after the alias came back"
         time.sleep(0.5)
+
+
+def test_kserve_v1_routes_answer_like_predict(result, service):
+    name, sample = result.model_name, sample_request(result.model_name)
+    v1 = requests.post(f"{service}/v1/models/{name}:predict", json=sample, timeout=30)
+    plain = requests.post(f"{service}/predict", json=sample, timeout=30)
+    assert v1.status_code == 200, v1.text
+    assert v1.json()["predictions"] == plain.json()["predictions"]
+    ready = requests.get(f"{service}/v1/models/{name}", timeout=10).json()
+    assert ready["name"] == name and ready["ready"] is True
+    assert ready["version"] == plain.json()["model_version"]
+    for unknown in (
+        requests.get(f"{service}/v1/models/nope", timeout=10),
+        requests.post(f"{service}/v1/models/nope:predict", json=sample, timeout=30),
+    ):
+        assert unknown.status_code == 404 and "'nope' is not served here" in unknown.text
+    bad = requests.post(f"{service}/v1/models/{name}:predict", json={"rows": []}, timeout=30)
+    assert bad.status_code == 422 and "instances" in bad.json()["detail"]

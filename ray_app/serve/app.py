@@ -12,7 +12,7 @@ import json
 import uuid
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -90,9 +90,14 @@ def _refuse_body(request: Request, max_bytes: int) -> JSONResponse | None:
 @serve.ingress()
 class Ingress:
     def __init__(
-        self, model: DeploymentHandle, deployed: str, max_instances: int, max_body_bytes: int
+        self,
+        model: DeploymentHandle,
+        model_name: str,
+        deployed: str,
+        max_instances: int,
+        max_body_bytes: int,
     ):
-        self.model, self.deployed = model, deployed
+        self.model, self.model_name, self.deployed = model, model_name, deployed
         self.max_instances, self.max_body_bytes = max_instances, max_body_bytes
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
@@ -124,6 +129,31 @@ class Ingress:
             answer = await self.model.predict.remote(records(request))
             return {**answer, "request_id": http.state.request_id}
 
+        def served(name: str) -> None:
+            if name != self.model_name:
+                raise HTTPException(
+                    404,
+                    f"model {name!r} is not served here; this application serves "
+                    f"{self.model_name!r}",
+                )
+
+        @api.post("/v1/models/{name}:predict", response_model=PredictResponse)
+        async def v1_predict(
+            name: str,
+            request: PredictRequest,  # type: ignore[valid-type]
+            http: Request,
+        ) -> dict[str, Any]:
+            """KServe's V1 protocol: `{"instances": [...]}` in, `predictions` out."""
+            served(name)
+            return await predict(request, http)
+
+        @api.get("/v1/models/{name}")
+        async def v1_model(name: str) -> dict[str, Any]:
+            """KServe's V1 readiness: the model, whether it answers, and the version."""
+            served(name)
+            status = await self.model.status.remote()
+            return {"name": name, "ready": True, "version": status["model_version"], **status}
+
         @api.post("/explain", response_model=ExplainResponse)
         async def explain(
             request: PredictRequest,  # type: ignore[valid-type]
@@ -152,4 +182,6 @@ def app_builder(args: dict[str, Any]) -> Application:
     deployed = load(ModelRef(parsed.model_name, alias=parsed.alias))
     features = deployed.features.to_json()
     model = ModelServer.bind(parsed.model_name, features, str(deployed.version), parsed.alias)
-    return Ingress.bind(model, features, parsed.max_instances, parsed.max_body_bytes)
+    return Ingress.bind(
+        model, parsed.model_name, features, parsed.max_instances, parsed.max_body_bytes
+    )
