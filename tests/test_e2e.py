@@ -430,3 +430,37 @@ def test_kserve_v1_routes_answer_like_predict(result, service):
         assert unknown.status_code == 404 and "'nope' is not served here" in unknown.text
     bad = requests.post(f"{service}/v1/models/{name}:predict", json={"rows": []}, timeout=30)
     assert bad.status_code == 422 and "instances" in bad.json()["detail"]
+
+
+def test_overload_is_shed_with_429_and_retry_after_never_500(result, service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray_app.serve.app import Ingress, ModelServer
+
+    name = result.model_name
+    deployed = load(name)
+    features = deployed.features.to_json()
+    shed = {"status_code": 429, "retry_after_s": 1}  # as serve_config.yaml says
+    model = ModelServer.options(
+        max_ongoing_requests=1, max_queued_requests=1, backpressure_config=shed
+    ).bind(name, features, str(deployed.version))
+    app = Ingress.options(max_ongoing_requests=16).bind(model, name, features, 1_000, 2**20)
+    serve.run(app, name="busy", route_prefix="/busy")
+    try:
+        body = {"instances": sample_request(name)["instances"] * 100}
+
+        def call(_: int) -> tuple[int, str | None, float]:
+            started = time.monotonic()
+            r = requests.post(f"{service}/busy/explain", json=body, timeout=30)
+            return r.status_code, r.headers.get("retry-after"), time.monotonic() - started
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(call, range(48)))
+        codes = [code for code, _, _ in answers]
+        assert set(codes) <= {200, 429}, codes
+        assert 200 in codes and 429 in codes, codes
+        assert all(after == "1" for code, after, _ in answers if code == 429)
+        assert max(seconds for _, _, seconds in answers) < 20  # nobody left hanging
+    finally:
+        serve.delete("busy")
+    assert requests.get(f"{service}/healthz", timeout=10).status_code == 200
