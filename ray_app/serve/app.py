@@ -1,8 +1,10 @@
 """The Serve application: a FastAPI ingress in front of the model deployment.
 
-The ingress builds its FastAPI app at replica start (`__serve_build_asgi_app__`) from the
-served model's own contract, so `/docs` and request validation always match the model that
-answers. `app_builder` is the import path that `serve_config.yaml` and `serve.run` use.
+`app_builder` (the import path of `serve_config.yaml` and `serve.run`) loads the version the
+alias points at when the application is built; its contract fixes the request schema. The
+ingress builds its FastAPI app from it at replica start (`__serve_build_asgi_app__`), so
+`/docs` and request validation match the models that answer, and the model replicas serve
+only versions with that schema. `/predict`, `/explain` and KServe's V1 routes share them.
 
 No `from __future__ import annotations` here: FastAPI must see the request model built at
 runtime as a real annotation, not a string it would look up in module globals.
@@ -60,11 +62,10 @@ def _short(value: Any) -> Any:
     """The offending input as the client sent it, if JSON can carry it back (NaN and Infinity
     cannot: they are shown as text), and cut to 200 characters."""
     try:
-        text = json.dumps(value, allow_nan=False)
+        text, shown = json.dumps(value, allow_nan=False), value
     except (TypeError, ValueError):
-        text = repr(value)
-        return text if len(text) <= 200 else text[:200] + "..."
-    return value if len(text) <= 200 else text[:200] + "..."
+        text = shown = repr(value)
+    return shown if len(text) <= 200 else text[:200] + "..."
 
 
 def _refuse_body(request: Request, max_bytes: int) -> JSONResponse | None:
