@@ -387,9 +387,7 @@ def test_another_table_registers_under_its_contracts_name_and_gate_entry(
     assert "champion" not in "; ".join(r["reason"] for r in report["results"] if not r["passed"])
 
 
-def test_a_version_that_fails_to_load_shows_as_degraded_while_the_old_one_answers(
-    result, service
-):
+def test_a_version_that_fails_to_load_shows_as_degraded_while_the_old_one_answers(result, service):
     name = result.model_name
     serving, sample = load(name), sample_request(name)
     with mlflow.start_run(experiment_id=tracking.experiment_id("ray_app")):

@@ -19,6 +19,13 @@ def _frame(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], LABEL: y})
 
 
+def _train(cfg: TrainConfig, storage: Path, name: str, rows: int):
+    """Train on `rows` rows of the toy problem, validated on a quarter as many."""
+    train_ds = ray.data.from_pandas(_frame(rows, 1))
+    valid_ds = ray.data.from_pandas(_frame(rows // 4, 2))
+    return train(train_ds, valid_ds, ["a", "b", "c"], cfg, storage, name)
+
+
 def test_two_workers_train_one_booster_saved_as_ubj(ray_session, tmp_path):
     cfg = TrainConfig(
         num_workers=2,
@@ -27,14 +34,7 @@ def test_two_workers_train_one_booster_saved_as_ubj(ray_session, tmp_path):
         early_stopping_rounds=None,
         params={"objective": "binary:logistic", "eval_metric": ["logloss", "auc"], "max_depth": 3},
     )
-    result = train(
-        ray.data.from_pandas(_frame(4_000, 1)),
-        ray.data.from_pandas(_frame(1_000, 2)),
-        ["a", "b", "c"],
-        cfg,
-        tmp_path,
-        "two-workers",
-    )
+    result = _train(cfg, tmp_path, "two-workers", 4_000)
     assert result.booster.num_boosted_rounds() == 15
     assert result.booster.feature_names == ["a", "b", "c"]
     assert result.metrics["valid-auc"] > 0.75 and result.metrics["rounds"] == 15
@@ -80,14 +80,7 @@ def test_training_takes_the_cpus_that_are_free_beside_serving(ray_session, tmp_p
     try:
         sized = fit_to_cluster(cfg, said.append)
         assert sized.cpus_per_worker == 1 and "1.25 CPUs free" in said[0]
-        result = train(
-            ray.data.from_pandas(_frame(1_000, 1)),
-            ray.data.from_pandas(_frame(300, 2)),
-            ["a", "b", "c"],
-            sized,
-            tmp_path,
-            "beside-serving",
-        )
+        result = _train(sized, tmp_path, "beside-serving", 1_000)
         assert result.booster.num_boosted_rounds() == 5
     finally:
         remove_placement_group(group)

@@ -1,0 +1,244 @@
+"""`POST /predict` over HTTP on loopback: the real Ray Serve application (proxy -> Ingress ->
+Model deployment, `app_builder` as `serve_config.yaml` uses it) against a bare uvicorn +
+FastAPI app running the same model code in one process (request schema, `Scorer`), same
+model, same machine, same run. Load: keep-alive connections from an asyncio client, each
+sending its next request when the last one is answered, for a fixed time per cell.
+
+Goal (issue 13): at least 1,000 single-row requests/s with p99 under 50 ms, and at least 40%
+of the bare app's throughput. Throughput counts 200 answers only.
+
+No `from __future__ import annotations`: FastAPI must see the bare app's request model as a
+real annotation.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.harness import Comparison, record
+
+CELLS = ((1, 8), (100, 8), (1, 64))  # (rows per request, connections)
+MODEL = "bench_model"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _load(url: str, bodies: list[bytes], connections: int, seconds: float) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        n = i
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            async with session.post(
+                url, data=bodies[n % len(bodies)], headers={"content-type": "application/json"}
+            ) as response:
+                await response.read()
+                codes[response.status] = codes.get(response.status, 0) + 1
+            latencies.append((time.perf_counter() - started) * 1000)
+            n += connections
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i, session) for i in range(connections)))
+        elapsed = time.perf_counter() - started
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return {
+        "rps": codes.get(200, 0) / elapsed,
+        "p50": float(p50),
+        "p99": float(p99),
+        "requests": len(latencies),
+        "codes": codes,
+    }
+
+
+def _wait(url: str, timeout_s: float = 180) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer in {timeout_s:.0f}s")
+
+
+def bare_app(folder: Path):
+    """The same model code as the Serve app, in one FastAPI process."""
+    from typing import Any
+
+    from fastapi import FastAPI
+
+    from ray_app.model.loaded import from_files
+    from ray_app.model.schema import records, request_models
+    from ray_app.model.scoring import Scorer
+
+    scorer = Scorer.of(from_files(folder, name=MODEL, version="1"))
+    _, PredictRequest = request_models(scorer.model.contract)
+    api = FastAPI()
+
+    @api.post("/predict")
+    async def predict(request: PredictRequest) -> dict[str, Any]:  # type: ignore[valid-type]
+        return scorer.predict(records(request))
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return api
+
+
+def _measure(base: str, bodies: dict[int, list[bytes]], seconds: float) -> dict:
+    out = {}
+    for rows, connections in CELLS:
+        asyncio.run(_load(f"{base}/predict", bodies[rows], connections, 2))  # warm-up
+        out[f"{rows}x{connections}"] = asyncio.run(
+            _load(f"{base}/predict", bodies[rows], connections, seconds)
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--bare", nargs=2, metavar=("PORT", "FOLDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare:
+        import uvicorn
+
+        app = bare_app(Path(args.bare[1]))
+        uvicorn.run(app, host="127.0.0.1", port=int(args.bare[0]), log_level="warning")
+        return
+
+    home = tempfile.mkdtemp(prefix="http_bench_")
+    os.environ.update({"RAYAPP_HOME": home, "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"})
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    import mlflow
+    import pandas as pd
+    import ray.data
+    import xgboost as xgb
+    from ray import serve
+
+    from ray_app import features, registry, tracking
+    from ray_app.data import synth
+    from ray_app.data.contract import load_contract
+    from ray_app.model.loaded import BOOSTER_FILE, FEATURES_FILE, log_model
+    from ray_app.model.schema import to_records
+    from ray_app.runtime import init_ray
+    from ray_app.serve.app import app_builder
+
+    contract = load_contract(Path("configs/contract.yaml"))
+    path = synth.write(Path(home) / "churn.csv", 20_000, seed=1)
+    dates = [c for c in contract.input_columns if contract.columns[c].type == "date"]
+    rows = pd.read_csv(path, parse_dates=dates)
+    init_ray("local", progress=False, num_cpus=2, include_dashboard=False)
+    fs = features.fit(ray.data.from_pandas(rows), contract)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 6, "eta": 0.1},
+        xgb.DMatrix(features.transform(rows, fs), features.encode_label(rows, contract)),
+        200,
+    )
+    folder = Path(home) / "model"
+    folder.mkdir()
+    booster.save_model(str(folder / BOOSTER_FILE))
+    (folder / FEATURES_FILE).write_text(fs.to_json())
+    sample = to_records(rows.head(2), contract)
+    tracking.configure()
+    with mlflow.start_run(experiment_id=tracking.experiment_id("bench")):
+        info = log_model(booster, fs, sample, {})
+    version = registry.register(info.model_uri, MODEL, {}).version
+    registry.promote(MODEL, registry.PRODUCTION, version, "bench", "", None)
+    bodies = {
+        n: [
+            json.dumps({"instances": to_records(rows.sample(n, random_state=i), contract)}).encode()
+            for i in range(16)
+        ]
+        for n in (1, 100)
+    }
+
+    bare_port = _port()
+    bare = subprocess.Popen(
+        [sys.executable, "-m", "bench.http_bench", "--bare", str(bare_port), str(folder)]
+    )
+    try:
+        _wait(f"http://127.0.0.1:{bare_port}/healthz")
+        bare_figures = _measure(f"http://127.0.0.1:{bare_port}", bodies, args.seconds)
+    finally:
+        bare.terminate()
+        bare.wait(timeout=30)
+
+    serve_port = _port()
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+    serve.run(app_builder({"model_name": MODEL}), name="ray_app", route_prefix="/")
+    try:
+        _wait(f"http://127.0.0.1:{serve_port}/healthz")
+        serve_figures = _measure(f"http://127.0.0.1:{serve_port}", bodies, args.seconds)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    one = "1x8"
+    c = Comparison(
+        "http_serving",
+        "POST /predict through the Ray Serve app (default proxy, Ingress + Model deployments)",
+        "bare uvicorn + FastAPI app with the same request schema and Scorer, one process",
+        [1 / serve_figures[one]["rps"]],
+        [1 / bare_figures[one]["rps"]],
+        extra={"serve": serve_figures, "bare": bare_figures, "seconds": args.seconds},
+    )
+
+    def cell(q: dict) -> str:
+        errors = sum(n for code, n in q["codes"].items() if code != 200)
+        return f"{q['rps']:,.0f} req/s, p50 {q['p50']:.1f} / p99 {q['p99']:.1f} ms" + (
+            f", {errors} non-200" if errors else ""
+        )
+
+    table = []
+    for rows_n, connections in CELLS:
+        key = f"{rows_n}x{connections}"
+        label = f"{rows_n} row{'s' if rows_n > 1 else ''}, {connections} connections"
+        table.append((f"{label}: bare app", cell(bare_figures[key])))
+        table.append((f"{label}: Serve app", cell(serve_figures[key])))
+        ratio = serve_figures[key]["rps"] / bare_figures[key]["rps"]
+        table.append((f"{label}: Serve / bare throughput", f"{ratio:.2f}"))
+    goal = serve_figures[one]
+    table.append(
+        (
+            "**goal: 1 row, 8 connections >= 1,000 req/s, p99 < 50 ms, >= 40% of bare**",
+            f"**{goal['rps']:,.0f} req/s, p99 {goal['p99']:.1f} ms, "
+            f"{goal['rps'] / bare_figures[one]['rps']:.0%} of bare**",
+        )
+    )
+    record(
+        c,
+        table,
+        f"{args.seconds:g} s per cell after 2 s of warm-up; the load generator (asyncio + "
+        "aiohttp, keep-alive) shares the 2 cores with the server under test.",
+    )
+
+
+if __name__ == "__main__":
+    main()
