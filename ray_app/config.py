@@ -2,13 +2,16 @@
 
 Paths inside a config are resolved against the config file's folder's parent, so the same
 file works from the repo root, from a `ray job submit --working-dir` copy and from tests.
+A config leaves the process (MLflow artefacts, files beside Tune's state) only `redacted`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -224,3 +227,69 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
 def rayapp_home() -> Path:
     """Where local state lives (data snapshots, MLflow store, Ray results): `$RAYAPP_HOME`."""
     return Path(os.environ.get("RAYAPP_HOME", Path.cwd() / ".rayapp")).resolve()
+
+
+MASK = "***"
+SECRET_KEYS = ("password", "passwd", "secret", "token", "api_key", "apikey", "credential")
+SECRET_PARAMS = (*SECRET_KEYS, "key", "signature")  # query names: `secret_key`, `X-Amz-Signature`
+
+
+def _secret(name: str, words: tuple[str, ...]) -> bool:
+    return any(word in name.lower() for word in words)
+
+
+def redact_url(text: str) -> str:
+    """`text` with a URL's password and secret query values masked; other strings unchanged.
+    A URL too malformed to parse is masked whole rather than risk showing its secret."""
+    if "://" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+    except ValueError:
+        return MASK
+    if password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        text = text.replace(parts.netloc, f"{userinfo.partition(':')[0]}:{MASK}@{host}", 1)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if any(_secret(name, SECRET_PARAMS) for name, _ in pairs):
+        masked = [(k, MASK if _secret(k, SECRET_PARAMS) else v) for k, v in pairs]
+        fragment = f"#{parts.fragment}" if parts.fragment else ""
+        text = f"{text.partition('?')[0]}?{urlencode(masked, safe='*')}{fragment}"
+    return text  # rebuilt by hand: `urlunsplit` turns `sqlite:////abs` into `sqlite://abs`
+
+
+def redacted(obj: Any) -> Any:
+    """A copy of a settings model, mapping, list or value fit to log or write to disk: values
+    under secret-sounding keys (password, token, api_key...) masked, and credentials in URLs.
+    Models become their JSON form, so this is what every logged or saved config goes through."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    if isinstance(obj, Mapping):
+        return {
+            k: MASK if v not in (None, "") and _secret(str(k), SECRET_KEYS) else redacted(v)
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return [redacted(v) for v in obj]
+    return redact_url(obj) if isinstance(obj, str) else obj
+
+
+def unredacted(saved: Any, current: Any) -> Any:
+    """`saved` (a `redacted` copy) with its masked parts taken from `current` wherever the two
+    agree once `current` is redacted too: resuming from a saved config needs the secrets that
+    only the config given now holds (a rotated password is taken too)."""
+    if isinstance(current, BaseModel):
+        current = current.model_dump(mode="json")
+    if redacted(current) == saved:
+        return current
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        return {
+            k: current[k]
+            if k in current and redacted({k: current[k]}) == {k: v}
+            else unredacted(v, current.get(k))
+            for k, v in saved.items()
+        }
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        return [unredacted(s, c) for s, c in zip(saved, current, strict=True)]
+    return saved

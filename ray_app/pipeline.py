@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 
 from ray_app import features, tracking
-from ray_app.config import PipelineConfig, rayapp_home
+from ray_app.config import PipelineConfig, rayapp_home, redacted
 from ray_app.data import report as validation_report
 from ray_app.data.contract import Contract, load_contract
 from ray_app.data.snapshot import Snapshot
@@ -77,12 +77,14 @@ def train_and_gate(
     with mlflow.start_run(experiment_id=experiment, run_name=f"train-{snap.version}") as active:
         run_id = active.info.run_id
         mlflow.log_params(
-            {
-                **xgb_params(sized, sized.cpus_per_worker),
-                "num_boost_round": sized.num_boost_round,
-                "num_workers": sized.num_workers,
-                "early_stopping_rounds": sized.early_stopping_rounds,
-            }
+            redacted(
+                {
+                    **xgb_params(sized, sized.cpus_per_worker),
+                    "num_boost_round": sized.num_boost_round,
+                    "num_workers": sized.num_workers,
+                    "early_stopping_rounds": sized.early_stopping_rounds,
+                }
+            )
         )
         for name in (validation_report.JSON_NAME, validation_report.HTML_NAME):
             mlflow.log_text(snap.read_text(name), f"validation/{name}")

@@ -8,7 +8,6 @@ dataset (`mlflow.log_input`), the commit as the standard `mlflow.source.git.comm
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 
@@ -99,7 +98,7 @@ def publish(
     mlflow.set_tags(lineage(snap, contract))
     log_dataset(snap, contract)
     mlflow.log_figure(_importance(booster), "feature_importance.png")
-    mlflow.log_dict(json.loads(cfg.model_dump_json()), tracking.CONFIG_ARTIFACT)
+    tracking.log_config(cfg)
     sample = to_records(head(snap, SAMPLE_ROWS), contract)
     info = log_model(booster, data.features, sample, lineage(snap, contract))
     version = registry.register(

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
 
-from ray_app.config import rayapp_home
+from ray_app.config import rayapp_home, redacted
 
 CONFIG_ARTIFACT = "config/pipeline.json"  # the run's PipelineConfig, as logged
 
@@ -45,6 +46,11 @@ def experiment_id(name: str) -> str:
     if mlflow.get_tracking_uri().startswith("sqlite:"):
         location = (rayapp_home() / "artifacts" / name).as_uri()
     return client.create_experiment(name, artifact_location=location)
+
+
+def log_config(cfg: BaseModel) -> None:
+    """A settings model as a JSON artefact of the active run, secrets masked (`redacted`)."""
+    mlflow.log_dict(redacted(cfg), CONFIG_ARTIFACT)
 
 
 def git_commit() -> str:

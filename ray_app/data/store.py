@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from ray_app.config import rayapp_home
+from ray_app.config import rayapp_home, redact_url
 
 
 class DataStore:
@@ -25,8 +25,9 @@ class DataStore:
         text = str(uri)
         if "://" in text:
             self.fs, self.root = pafs.FileSystem.from_uri(text)
-            # Query parameters (endpoint, region, credentials) stay out of what is displayed.
-            self.uri = text.split("?", 1)[0]
+            # Query parameters (endpoint, region, credentials) and any password in the URI
+            # stay out of what is displayed and recorded as lineage.
+            self.uri = redact_url(text.split("?", 1)[0])
         else:
             local = Path(text).expanduser().resolve()
             self.fs, self.root, self.uri = pafs.LocalFileSystem(), local.as_posix(), str(local)

@@ -2,8 +2,9 @@
 with a child run per trial; its best trial's model is registered as alias `candidate`.
 
 A search lives in `$RAYAPP_HOME/ray_results/<name>/`, beside Tune's own state, with
-`rayapp_search.json` recording what a resume needs: the data version, both configs and the
-parent run. `--resume` restores Tune's state, so finished trials are not run again.
+`rayapp_search.json` recording what a resume needs: the data version, both configs (redacted:
+a resume takes their secrets from the configs it is given) and the parent run. `--resume`
+restores Tune's state, so finished trials are not run again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from ray_app import registry, tracking
-from ray_app.config import PipelineConfig, SearchConfig, rayapp_home
+from ray_app.config import PipelineConfig, SearchConfig, rayapp_home, redacted, unredacted
 from ray_app.data.contract import Contract, load_contract
 from ray_app.data.snapshot import Snapshot
 from ray_app.data.sources import resolve_snapshot
@@ -152,8 +153,9 @@ def run_search(
         parent = MlflowClient().get_run(state["parent_run_id"])
         if parent.info.status == RunStatus.to_string(RunStatus.FINISHED):
             raise SearchError(f"search {name} already finished (MLflow run {parent.info.run_id})")
-        cfg = PipelineConfig.model_validate(state["pipeline"])
-        search = SearchConfig.model_validate(state["search"])
+        # The state file holds the configs redacted: their secrets come from the ones given now.
+        cfg = PipelineConfig.model_validate(unredacted(state["pipeline"], cfg))
+        search = SearchConfig.model_validate(unredacted(state["search"], search))
         data_version = state["data_version"]
     contract = load_contract(cfg.contract)
     snap = resolve_snapshot(cfg, contract, data, data_version, step)
@@ -193,8 +195,8 @@ def search_prepared(
             "name": name,
             "parent_run_id": parent,
             "data_version": snap.version,
-            "pipeline": json.loads(cfg.model_dump_json()),
-            "search": json.loads(search.model_dump_json()),
+            "pipeline": redacted(cfg),
+            "search": redacted(search),
         }
         (path / SEARCH_FILE).write_text(json.dumps(state, indent=2))
         callback = MLflowTrials(experiment, parent, tags, _metric_keys(cfg, search))
@@ -226,7 +228,7 @@ def _start_parent(
         "distributed_trials": distributed,
     }
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in settings.items()])
-    client.log_dict(run.info.run_id, json.loads(search.model_dump_json()), "search_space.json")
+    client.log_dict(run.info.run_id, redacted(search), "search_space.json")
     return run.info.run_id
 
 
