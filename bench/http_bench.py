@@ -1,6 +1,6 @@
-"""`POST /predict` over HTTP on loopback: the real Ray Serve application (proxy -> Ingress ->
-Model deployment, `app_builder` as `serve_config.yaml` uses it) against a bare uvicorn +
-FastAPI app running the same model code in one process (request schema, `Scorer`), same
+"""`POST /predict` over HTTP on loopback: the real Ray Serve application (HAProxy -> Router,
+`app_builder` as `serve_config.yaml` uses it, API key and metrics on) against a bare uvicorn +
+FastAPI app running the same scoring code in one process (request model, `Scorer`), same
 model, same machine, same run. Load: keep-alive connections from an asyncio client, each
 sending its next request when the last one is answered, for a fixed time per cell.
 
@@ -28,6 +28,8 @@ from bench.harness import Comparison, record
 
 CELLS = ((1, 8), (100, 8), (1, 64))  # (rows per request, connections)
 MODEL = "bench_model"
+KEY = "bench-key-0123456789abcdef"
+HEADERS = {"content-type": "application/json", "authorization": f"Bearer {KEY}"}
 
 
 def _port() -> int:
@@ -47,9 +49,7 @@ async def _load(url: str, bodies: list[bytes], connections: int, seconds: float)
         n = i
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            async with session.post(
-                url, data=bodies[n % len(bodies)], headers={"content-type": "application/json"}
-            ) as response:
+            async with session.post(url, data=bodies[n % len(bodies)], headers=HEADERS) as response:
                 await response.read()
                 codes[response.status] = codes.get(response.status, 0) + 1
             latencies.append((time.perf_counter() - started) * 1000)
@@ -86,10 +86,10 @@ def _wait(url: str, timeout_s: float = 180) -> None:
 
 
 def bare_app(folder: Path):
-    """The same model code as the Serve app, in one FastAPI process."""
-    from typing import Any
-
-    from fastapi import FastAPI
+    """The router's scoring path (request model, compiled features, `Scorer`, JSON bytes out)
+    in one FastAPI process: no Serve, no variants, no auth, no metrics."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
 
     from ray_app.model.loaded import from_files
     from ray_app.model.schema import records, request_models
@@ -100,8 +100,10 @@ def bare_app(folder: Path):
     api = FastAPI()
 
     @api.post("/predict")
-    async def predict(request: PredictRequest) -> dict[str, Any]:  # type: ignore[valid-type]
-        return scorer.predict(records(request))
+    async def predict(http: Request) -> Response:
+        request = PredictRequest.model_validate_json(await http.body())
+        answer = json.dumps(scorer.predict(records(request)))
+        return Response(answer, media_type="application/json")
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -133,7 +135,15 @@ def main() -> None:
         return
 
     home = tempfile.mkdtemp(prefix="http_bench_")
-    os.environ.update({"RAYAPP_HOME": home, "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"})
+    os.environ.update(
+        {
+            "RAYAPP_HOME": home,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+            "RAYAPP_API_KEYS": f"bench:{KEY}",
+            # As `make run`'s cluster: Serve's HAProxy ingress instead of the Python proxy.
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        }
+    )
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     import mlflow
@@ -192,7 +202,7 @@ def main() -> None:
 
     serve_port = _port()
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-    serve.run(app_builder({"model_name": MODEL}), name="ray_app", route_prefix="/")
+    serve.run(app_builder({"models": [MODEL]}), name="ray_app", route_prefix="/")
     try:
         _wait(f"http://127.0.0.1:{serve_port}/healthz")
         serve_figures = _measure(f"http://127.0.0.1:{serve_port}", bodies, args.seconds)
@@ -203,7 +213,8 @@ def main() -> None:
     one = "1x8"
     c = Comparison(
         "http_serving",
-        "POST /predict through the Ray Serve app (default proxy, Ingress + Model deployments)",
+        "POST /predict through the Ray Serve app (HAProxy ingress, Router scoring in-process, "
+        "API key checked, metrics on)",
         "bare uvicorn + FastAPI app with the same request schema and Scorer, one process",
         [1 / serve_figures[one]["rps"]],
         [1 / bare_figures[one]["rps"]],

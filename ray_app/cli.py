@@ -26,8 +26,13 @@ data_app = typer.Typer(help="Datasets: snapshots and the built-in table.", no_ar
 app.add_typer(data_app, name="data")
 contract_app = typer.Typer(help="Data contracts.", no_args_is_help=True)
 app.add_typer(contract_app, name="contract")
+shadow_app = typer.Typer(help="Shadow traffic: what the candidate would have answered.")
+app.add_typer(shadow_app, name="shadow")
+keys_app = typer.Typer(help="API keys of the prediction service.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+DASHBOARD = "http://127.0.0.1:8265"
 
 ConfigOption = Annotated[
     Path, typer.Option(help="pipeline config (contract, gates, data, training, model name)")
@@ -411,11 +416,122 @@ def predict(
         body = json.loads(file.read_text())  # type: ignore[union-attr]
     if wait:
         _wait_ready(url, wait)
-    response = requests.post(f"{url}/predict", json=body, timeout=30)
-    typer.echo(f"POST {url}/predict -> {response.status_code}")
+    from ray_app.serve.app import default_keys_file
+    from ray_app.serve.auth import client_key
+
+    key = client_key(default_keys_file())
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    route = f"{url}/predict" if model is None else f"{url}/v1/models/{model}:predict"
+    response = requests.post(route, json=body, headers=headers, timeout=30)
+    typer.echo(f"POST {route} -> {response.status_code}")
     typer.echo(json.dumps(response.json(), indent=2))
     if response.status_code != 200:
         sys.exit(1)
+
+
+ServeAddress = Annotated[
+    str,
+    typer.Option(
+        envvar="RAY_DASHBOARD_ADDRESS", help="Ray dashboard (Serve's config API) of the cluster"
+    ),
+]
+AppOption = Annotated[str, typer.Option(help="Serve application name")]
+
+
+@app.command()
+def deploy(
+    candidate: Annotated[
+        str | None, typer.Option(help="the new variant: name@alias, name/version or a run id")
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="bluegreen, canary or shadow (with --candidate)")
+    ] = None,
+    switch: Annotated[bool, typer.Option(help="blue/green: all traffic to green")] = False,
+    rollback: Annotated[bool, typer.Option(help="undo the current rollout")] = False,
+    steps: Annotated[
+        str, typer.Option(help="canary: percent of traffic at each step")
+    ] = "10,50,100",
+    step_s: Annotated[float, typer.Option(help="canary: seconds at each step")] = 300.0,
+    promote: Annotated[
+        bool, typer.Option(help="canary: move production to it after the last step")
+    ] = True,
+    fraction: Annotated[float, typer.Option(help="shadow: share of requests mirrored")] = 1.0,
+    model: Annotated[
+        str | None, typer.Option(help="served model (default: the application's first)")
+    ] = None,
+    address: ServeAddress = DASHBOARD,
+    app_name: AppOption = "ray_app",
+) -> None:
+    """Roll out a candidate beside production (blue/green, canary or shadow), switch, or roll
+    back, in the running application; applied in place within seconds, nothing restarts."""
+    from ray_app import tracking
+    from ray_app.registry import RegistryError
+    from ray_app.serve import deploy as rollout
+
+    tracking.configure()
+    chosen = sum([switch, rollback, strategy is not None])
+    if chosen > 1 or (strategy is None) != (candidate is None):
+        raise typer.BadParameter(
+            "give --strategy with --candidate, or --switch, or --rollback, or nothing (status)"
+        )
+    try:
+        deployed = rollout.Deployed.read(address, app_name)
+        name = model or deployed.models()[0]
+        if strategy is not None:
+            route = rollout.start(
+                deployed, name, strategy, candidate, [float(s) for s in steps.split(",")],
+                step_s, fraction, promote,
+            )  # fmt: skip
+        elif switch:
+            route = rollout.switch(deployed, name)
+        elif rollback:
+            route = rollout.rollback(deployed, name)
+        else:
+            route = deployed.route(name)
+    except (rollout.DeployError, RegistryError) as e:
+        typer.echo(f"deploy refused: {e}", err=True)
+        raise typer.Exit(2) from None
+    shown = route.model_dump(mode="json", exclude_none=True) if route else "default route"
+    typer.echo(f"[deploy] {name}: {json.dumps(shown)}")
+
+
+@shadow_app.command("report")
+def shadow_report(
+    model: Annotated[str, typer.Option(help="served model name")] = "churn_model",
+    since: Annotated[float | None, typer.Option(help="only the last SECONDS of records")] = None,
+    store: Annotated[
+        str | None, typer.Option(help="data store URI (default: $RAYAPP_HOME/data)")
+    ] = None,
+) -> None:
+    """Agreement rate, score differences and latency of the shadow against the primary."""
+    from ray_app.data.store import open_store
+    from ray_app.serve.shadow import report
+
+    start = None if since is None else time.time() - since
+    typer.echo(json.dumps(report(open_store(store), model, start), indent=2))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[
+        str, typer.Option(help="the key's name (shown in logs, never the key)")
+    ] = "default",
+    file: Annotated[
+        Path | None, typer.Option(help="key file (default: $RAYAPP_HOME/api_keys)")
+    ] = None,
+) -> None:
+    """Create the service's key file (mode 0600) with a new key and print how to use it."""
+    from ray_app.serve.app import default_keys_file
+    from ray_app.serve.auth import create_key_file
+
+    path = file or default_keys_file()
+    try:
+        create_key_file(path, name)
+        typer.echo(f"[keys] created {path} (mode 600) with key {name!r}")
+    except FileExistsError:
+        typer.echo(f"[keys] {path} exists; keeping it")
+    # The key itself is never printed: terminals and CI logs keep what they show.
+    typer.echo(f'[keys] send it as: -H "Authorization: Bearer $(cut -d: -f2- {path} | head -1)"')
 
 
 if __name__ == "__main__":

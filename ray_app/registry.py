@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 CANDIDATE, STAGING, PRODUCTION = "candidate", "staging", "production"
 AUDIT_PREFIX = "audit."
+ROLLOUT_PREFIX = "rollout."  # serving events: deploys, switches, canary steps and rollbacks
 THRESHOLD_TAG = "threshold"  # decision threshold, chosen by the gate on validation rows
 DEFAULT_THRESHOLD = 0.5
 _UNCHECKED = object()
@@ -222,3 +223,46 @@ def rollback(name: str, to: str | None = None, alias: str = PRODUCTION) -> Alias
             "rolled back to (a new one goes through `rayapp gate`)"
         )
     return _move(name, alias, to, f"rollback from version {current}", expected=current)
+
+
+def gate_report(name: str, version: str | int) -> str | None:
+    """The report of the gate that passed this version (its move to staging), or None: the
+    proof a rollout asks for before it lets a version take production's traffic."""
+    passed = [m for m in alias_history(name) if m.to_version == str(version) and m.gate_report]
+    return passed[-1].gate_report if passed else None
+
+
+@dataclass(frozen=True)
+class RolloutEvent:
+    """One serving change of a model's route (`rayapp deploy`, a canary's step, rollback or
+    promotion), recorded beside the alias moves with who made it and why."""
+
+    when: str
+    action: str
+    reason: str
+    by: str
+    rollout_id: str = ""
+    detail: str = ""  # JSON: the route as it was set, or the figures behind a decision
+
+
+def record_rollout(
+    name: str, action: str, reason: str, rollout_id: str = "", detail: object = None
+) -> RolloutEvent:
+    now = dt.datetime.now(dt.timezone.utc)
+    event = RolloutEvent(
+        when=now.isoformat(timespec="microseconds"),
+        action=action,
+        reason=reason,
+        by=_actor(),
+        rollout_id=rollout_id,
+        detail="" if detail is None else json.dumps(detail, default=str)[:3000],
+    )
+    key = f"{ROLLOUT_PREFIX}{now:%Y%m%dT%H%M%S.%f}.{action}"
+    MlflowClient().set_registered_model_tag(name, key, json.dumps(asdict(event)))
+    return event
+
+
+def rollout_history(name: str) -> list[RolloutEvent]:
+    tags = MlflowClient().get_registered_model(name).tags
+    found = [RolloutEvent(**json.loads(v)) for k, v in tags.items() if k.startswith(ROLLOUT_PREFIX)]
+    return sorted(found, key=lambda e: e.when)

@@ -8,7 +8,7 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from ray_app.serve.app import Ingress, ModelServer
+from ray_app.serve.app import Router, ShadowScorer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ def test_serve_config_is_valid_and_names_real_deployments():
     app = config.applications[0]
     assert app.import_path == "ray_app.serve.app:app_builder"
     names = {d.name for d in app.deployments}
-    assert names == {Ingress.name, ModelServer.name}
+    assert names == {Router.name, ShadowScorer.name}
 
 
 def test_rayservice_embeds_serve_config_applications():

@@ -10,11 +10,13 @@ inside it as artifacts, which is what `load` reads for the fast path.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import xgboost as xgb
 from mlflow.models import ModelSignature
@@ -23,7 +25,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from ray_app import registry
 from ray_app.data.contract import Contract
-from ray_app.features import FeatureSet
+from ray_app.features import FeatureSet, encoder
 from ray_app.model.ref import ModelRef
 from ray_app.model.schema import to_records
 
@@ -52,9 +54,13 @@ class LoadedModel:
     threshold: float = registry.DEFAULT_THRESHOLD
     lineage: dict[str, str] = field(default_factory=dict)  # run id, dataset version, commit
     contract: Contract = field(init=False, repr=False, compare=False)
+    encode: Callable[[list[dict[str, Any]]], np.ndarray] = field(
+        init=False, repr=False, compare=False
+    )  # request rows to the model's matrix, compiled once (`features.encoder`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "contract", self.features.parsed_contract())
+        object.__setattr__(self, "encode", encoder(self.features))
         if self.booster.feature_names != self.features.feature_names:
             raise registry.RegistryError(
                 f"{self.name} v{self.version}: the booster's features "

@@ -93,6 +93,7 @@ class Prediction(BaseModel):
 
 class PredictResponse(BaseModel):
     request_id: str | None = Field(None, description="X-Request-ID as sent, else generated")
+    variant: str | None = Field(None, description="the route's variant that answered")
     model_name: str
     model_version: str
     threshold: float = Field(description="probability at or above which the label is positive")
@@ -112,6 +113,7 @@ class Explanation(Prediction):
 
 class ExplainResponse(BaseModel):
     request_id: str | None = None
+    variant: str | None = None
     model_name: str
     model_version: str
     threshold: float

@@ -55,6 +55,10 @@ class Scorer:
         # the column order was checked against the booster when the model was loaded.
         return self.model.booster.inplace_predict(self.matrix(rows).to_numpy())
 
+    def proba_records(self, records: list[dict[str, Any]]) -> np.ndarray:
+        """`proba` for request rows, through the compiled encoder: no frame is built."""
+        return self.model.booster.inplace_predict(self.model.encode(records))
+
     def labels(self, proba: np.ndarray) -> np.ndarray:
         return np.where(proba >= self.threshold, self.positive, self.negative)
 
@@ -82,8 +86,7 @@ class Scorer:
         }
 
     def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        proba = self.proba(pd.DataFrame.from_records(records))
-        return {**self._header(), "predictions": self._answer(proba, records)}
+        return {**self._header(), "predictions": self._answer(self.proba_records(records), records)}
 
     def explain(self, records: list[dict[str, Any]], top_k: int) -> dict[str, Any]:
         """Each row's prediction with its `top_k` features by absolute SHAP contribution."""

@@ -1,59 +1,90 @@
-"""The Serve application: a FastAPI ingress in front of the model deployment.
+"""The Serve application: one ingress `Router` that scores where the request lands, and a
+`Shadow` deployment that scores mirrored traffic apart from it.
 
-`app_builder` (the import path of `serve_config.yaml` and `serve.run`) loads the version the
-alias points at when the application is built; its contract fixes the request schema. The
-ingress builds its FastAPI app from it at replica start (`__serve_build_asgi_app__`), so
-`/docs` and request validation match the models that answer, and the model replicas serve
-only versions with that schema. `/predict`, `/explain` and KServe's V1 routes share them.
+Why this shape (measured on 2 CPUs, bench/RESULTS.md): a `DeploymentHandle` call per request
+to a model deployment cut throughput about five-fold against answering in the ingress
+replica, so every variant a client can be answered by (primary, blue/green, canary) is loaded
+in each router replica and scored there with the compiled feature path; only the shadow,
+whose slowness or failure must never touch a client, sits behind a handle, fed in batches.
 
-No `from __future__ import annotations` here: FastAPI must see the request model built at
-runtime as a real annotation, not a string it would look up in module globals.
+`app_builder` loads the version each served model's alias points at when the application is
+built; its contract fixes that model's request schema for `/docs` and validation. Routes,
+variants, weights, canary schedules and shadows are the router's `user_config`
+(`routing.RouterConfig`), applied in place by `reconfigure`: `serve deploy` or
+`rayapp deploy` change them in seconds without restarting replicas.
+
+No `from __future__ import annotations`: FastAPI reads the route signatures at runtime.
 """
 
+import asyncio
 import json
+import logging
+import math
+import random
+import threading
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from ray.serve import Application
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Histogram
 
 from ray_app import registry, tracking
+from ray_app.config import rayapp_home
 from ray_app.features import FeatureSet
 from ray_app.model.loaded import load
 from ray_app.model.ref import ModelRef
-from ray_app.model.schema import (
-    MAX_INSTANCES,
-    ExplainResponse,
-    PredictResponse,
-    records,
-    request_models,
-)
-from ray_app.serve.model import ModelServer
+from ray_app.model.schema import MAX_INSTANCES, ExplainResponse, PredictResponse, records
+from ray_app.serve.auth import ENV_KEYS, ApiKeys, RateLimiter
+from ray_app.serve.fleet import Fleet, LiveRoute
+from ray_app.serve.routing import KEY_HEADER, VARIANT_HEADER, RouterConfig, choose
+from ray_app.serve.shadow import ShadowScorer
+
+logger = logging.getLogger("ray.serve")
+INLINE_ROWS = 64  # larger requests are scored off the event loop, so small ones keep flowing
+LATENCY_MS = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500]
+SCORE = [round(0.1 * i, 1) for i in range(1, 10)]
+
+
+class AuthArgs(BaseModel):
+    """Bearer API keys for /predict, /explain and V1 predict; /healthz and V1 readiness stay
+    open. Keys come from `RAYAPP_API_KEYS` and the key file (never from git)."""
+
+    required: bool = True
+    keys_file: str | None = Field(None, description="default: $RAYAPP_HOME/api_keys")
+    rate_per_s: float = Field(0.0, ge=0, description="per key and router replica; 0: no limit")
+    burst: int = Field(100, ge=1)
 
 
 class AppArgs(BaseModel):
     """Arguments of the application, from `serve_config.yaml` (`args:`)."""
 
-    model_name: str
+    models: list[str] = Field(min_length=1, description="served names; the first answers /predict")
     alias: str = registry.PRODUCTION
     max_instances: int = Field(MAX_INSTANCES, ge=1)  # rows per request; more is a 422
     max_body_bytes: int = Field(10 * 2**20, ge=1024)  # larger bodies get 413, unread
+    store: str | None = Field(None, description="data store for shadow records")
+    auth: AuthArgs = AuthArgs()
+    mirror_flush_s: float = Field(0.25, gt=0, description="how often shadow batches leave")
+    mirror_max_items: int = Field(5000, ge=1, description="buffered requests; more are dropped")
 
 
-def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+def _invalid(exc: ValidationError) -> JSONResponse:
     """422 naming each bad field as `instances[i].column`, with what was expected."""
     errors = []
     for err in exc.errors():
-        if err["type"] == "json_invalid":
-            where = "body"  # the location is a character offset, not a field
-        else:
-            where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
-        errors.append({"field": where, "error": err["msg"], "input": _short(err.get("input"))})
+        where = "body" if err["type"] == "json_invalid" else ".".join(map(str, err["loc"]))
+        errors.append(
+            {"field": where or "body", "error": err["msg"], "input": _short(err.get("input"))}
+        )
     summary = "; ".join(f"{e['field']}: {e['error']}" for e in errors[:10])
     return JSONResponse(status_code=422, content={"detail": summary, "errors": errors[:50]})
 
@@ -87,102 +118,344 @@ def _refuse_body(request: Request, max_bytes: int) -> JSONResponse | None:
     return None
 
 
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
+class Mirror:
+    """Answered requests on their way to the shadow: buffered (bounded) and sent in batches by
+    a background task, so no request waits for the shadow and a slow one only drops batches."""
+
+    def __init__(self, shadow: DeploymentHandle, flush_s: float, max_items: int, dropped: Counter):
+        self.shadow, self.flush_s, self.max_items, self.dropped = (
+            shadow,
+            flush_s,
+            max_items,
+            dropped,
+        )
+        self.items: dict[tuple[str, str, str, float], list[dict[str, Any]]] = {}
+        self.size, self.task = 0, None
+
+    def add(self, route: str, shadow: tuple[str, str, float], item: dict[str, Any]) -> None:
+        if self.size >= self.max_items:
+            self.dropped.inc(1, tags={"model": route, "reason": "buffer full"})
+            return
+        self.items.setdefault((route, *shadow), []).append(item)
+        self.size += 1
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            batches, self.items, self.size = self.items, {}, 0
+            for (route, name, version, threshold), items in batches.items():
+                shadow = {"name": name, "version": version, "threshold": threshold}
+                try:
+                    await self.shadow.compare.remote(route, shadow, items)
+                except BackPressureError:
+                    self.dropped.inc(len(items), tags={"model": route, "reason": "shadow busy"})
+                except Exception:
+                    self.dropped.inc(len(items), tags={"model": route, "reason": "shadow failed"})
+                    logger.exception("shadow %s of %s failed", version, route)
+
+
+@serve.deployment(name="Router", ray_actor_options={"num_cpus": 0.25})
 @serve.ingress()
-class Ingress:
-    def __init__(
-        self,
-        model: DeploymentHandle,
-        model_name: str,
-        deployed: str,
-        max_instances: int,
-        max_body_bytes: int,
-    ):
-        self.model, self.model_name, self.deployed = model, model_name, deployed
-        self.max_instances, self.max_body_bytes = max_instances, max_body_bytes
+class Router:
+    def __init__(self, shadow: DeploymentHandle, args: dict[str, Any], deployed: dict[str, str]):
+        tracking.configure()
+        self.args = AppArgs.model_validate(args)
+        self.fleet = Fleet(
+            {name: FeatureSet.from_json(text) for name, text in deployed.items()},
+            self.args.alias,
+            self.args.max_instances,
+        )
+        self.fleet.apply(RouterConfig())
+        auth = self.args.auth
+        self.keys = ApiKeys.load(auth.keys_file or _local_keys_file())
+        if auth.required and not len(self.keys):
+            raise RuntimeError(
+                f"no API keys: set {ENV_KEYS} or create {default_keys_file()} with "
+                "`rayapp keys create`; or set args.auth.required: false to serve without keys"
+            )
+        self.limiter = RateLimiter(auth.rate_per_s, auth.burst)
+        tags = ("model", "variant", "version")
+        self.requests = Counter(
+            "rayapp_requests",
+            "Prediction requests answered, by variant and status code",
+            tag_keys=(*tags, "code"),
+        )
+        self.rows = Counter("rayapp_rows", "Rows scored", tag_keys=tags)
+        self.latency = Histogram(
+            "rayapp_latency_ms", "Scoring time of a request in the router, ms", LATENCY_MS, tags
+        )
+        self.score = Histogram("rayapp_score", "Mean probability of a request", SCORE, tags)
+        self.refused = Counter(
+            "rayapp_refused", "Requests refused before scoring", tag_keys=("model", "code")
+        )
+        dropped = Counter(
+            "rayapp_shadow_dropped", "Mirrored requests not scored", tag_keys=("model", "reason")
+        )
+        self.mirror = Mirror(shadow, self.args.mirror_flush_s, self.args.mirror_max_items, dropped)
+        self.reload_error: str | None = None
+        self._stop = threading.Event()
+        self._follower = threading.Thread(target=self._follow, daemon=True)
+        self._follower.start()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.fleet.apply(RouterConfig.model_validate(user_config or {}))
+
+    def _follow(self) -> None:
+        """Aliases resolved again every `poll_s`; canaries judged, stopped or promoted."""
+        while not self._stop.wait(self.fleet.config.poll_s):
+            try:
+                self.fleet.refresh()
+                self.fleet.judge(time.time())
+                self.reload_error = None
+            except Exception as e:  # the registry may be briefly unreachable: keep serving
+                self.reload_error = f"{type(e).__name__}: {e}"[:500]
+                logger.exception("could not refresh the routes")
+
+    def check_health(self) -> None:
+        """Serve replaces a replica whose follower died: it would serve stale versions and
+        never judge a canary. A registry outage is not a reason (it shows as `degraded`)."""
+        if not self._follower.is_alive():
+            raise RuntimeError("the alias follower stopped")
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+    # -- the request path -------------------------------------------------------------------
+
+    def _route(self, name: str) -> LiveRoute:
+        route = self.fleet.routes.get(name)
+        if route is None:
+            raise HTTPException(
+                404, f"model {name!r} is not served here; served: {sorted(self.fleet.routes)}"
+            )
+        return route
+
+    def _caller(self, http: Request, model: str) -> None:
+        """401 without a valid key, 429 with Retry-After past the key's rate."""
+        if not self.args.auth.required:
+            return
+        who = self.keys.identify(http.headers.get("authorization"))
+        if who is None:
+            self.refused.inc(1, tags={"model": model, "code": "401"})
+            raise HTTPException(
+                401,
+                "missing or unknown API key: send Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        wait = self.limiter.acquire(who)
+        if wait > 0:
+            self.refused.inc(1, tags={"model": model, "code": "429"})
+            raise HTTPException(
+                429,
+                f"rate limit of {self.args.auth.rate_per_s:g} requests/s for key {who!r}",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+
+    async def _answer(self, name: str, http: Request, top_k: int | None = None) -> Response:
+        self._caller(http, name)
+        route = self._route(name)
+        try:
+            request = route.request_model.model_validate_json(await http.body())
+        except ValidationError as e:
+            self.refused.inc(1, tags={"model": name, "code": "422"})
+            return _invalid(e)
+        rows = records(request)
+        variant = self._variant(route, http, rows)
+        scorer = route.scorers[variant]
+        version = str(scorer.model.version)
+        tags = {"model": name, "variant": variant, "version": version}
+        start = time.perf_counter()
+        try:
+            if top_k is not None:
+                answer = await asyncio.to_thread(scorer.explain, rows, top_k)
+            elif len(rows) > INLINE_ROWS:
+                answer = await asyncio.to_thread(scorer.predict, rows)
+            else:
+                answer = scorer.predict(rows)
+        except Exception:
+            self.fleet.observe(name, variant, (time.perf_counter() - start) * 1000, None)
+            self.requests.inc(1, tags={**tags, "code": "500"})
+            raise
+        ms = (time.perf_counter() - start) * 1000
+        listed = answer["explanations" if top_k is not None else "predictions"]
+        mean = sum(p["probability"] for p in listed) / len(listed)
+        self.fleet.observe(name, variant, ms, mean)
+        self.requests.inc(1, tags={**tags, "code": "200"})
+        self.rows.inc(len(rows), tags=tags)
+        self.latency.observe(ms, tags=tags)
+        self.score.observe(mean, tags=tags)
+        request_id = http.headers.get("x-request-id") or uuid.uuid4().hex
+        if top_k is None and route.shadow is not None:
+            self._mirror(route, variant, version, rows, listed, ms, request_id)
+        answer = {"request_id": request_id, "variant": variant, **answer}
+        return Response(json.dumps(answer), media_type="application/json")
+
+    def _variant(self, route: LiveRoute, http: Request, rows: list[dict[str, Any]]) -> str:
+        """The variant a header pins, else one chosen by weight, sticky by the routing key
+        (the header, else the first row's id)."""
+        pinned = http.headers.get(VARIANT_HEADER)
+        if pinned is not None:
+            if pinned not in route.scorers:
+                raise HTTPException(
+                    404, f"variant {pinned!r} is not served; served: {sorted(route.scorers)}"
+                )
+            return pinned
+        canary = route.config.canary
+        stopped = canary is not None and self.fleet.canary_stopped(route.name, canary)
+        key = http.headers.get(KEY_HEADER)
+        id_column = route.scorers[route.config.primary.name].model.contract.id_column
+        if key is None and id_column is not None and rows[0].get(id_column) is not None:
+            key = str(rows[0][id_column])
+        return choose(route.weights(time.time(), stopped), key)
+
+    def _mirror(self, route, variant, version, rows, listed, ms, request_id) -> None:
+        config = route.config.shadow
+        if random.random() >= config.fraction:
+            return
+        threshold = self.fleet.config.threshold
+        item = {
+            "time": time.time(),
+            "request_id": request_id,
+            "rows": rows,
+            "primary": {
+                "variant": variant,
+                "version": version,
+                "probabilities": [p["probability"] for p in listed],
+                "labels": [p["label"] for p in listed],
+                "latency_ms": ms,
+            },
+        }
+        self.mirror.add(route.name, (config.name, route.shadow, threshold), item)
+
+    def status(self) -> dict[str, Any]:
+        now, fleet = time.time(), self.fleet
+        routes = {}
+        for name, route in fleet.routes.items():
+            canary = route.config.canary
+            stopped = canary is not None and fleet.canary_stopped(name, canary)
+            routes[name] = {
+                "strategy": route.config.strategy,
+                "versions": route.versions,
+                "weights": route.weights(now, stopped),
+                "held_back": route.held_back or None,
+                "canary_stopped": fleet.stopped[name][1] if stopped else None,
+            }
+        return {
+            "status": "degraded" if self.reload_error else "ok",
+            "reload_error": self.reload_error,
+            "models": routes,
+        }
+
+    # -- HTTP -------------------------------------------------------------------------------
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
-        fs = FeatureSet.from_json(self.deployed)
-        contract = fs.parsed_contract()
-        _, PredictRequest = request_models(contract, self.max_instances)
+        default = self.args.models[0]
         api = FastAPI(
             title="ray_app prediction service",
-            description=f"Predicts `{contract.label_column}` for the `{contract.name}` contract.",
+            description=f"Serves {', '.join(self.args.models)}; `/predict` answers for {default}.",
         )
-        api.add_exception_handler(RequestValidationError, _validation_error)
 
         @api.middleware("http")
         async def edge(request: Request, call_next: Any) -> Any:
-            """Bodies refused before they are read, and the request id for the answer: Serve's
-            proxy puts the client's X-Request-ID (or one it made) on every request and echoes
-            it in the response headers; answers carry it in the body too."""
-            request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-            refused = request.method == "POST" and _refuse_body(request, self.max_body_bytes)
-            return refused or await call_next(request)
+            """Bodies refused before they are read: wrong type, too large, no length."""
+            if request.method == "POST":
+                refused = _refuse_body(request, self.args.max_body_bytes)
+                if refused is not None:
+                    return refused
+            return await call_next(request)
 
-        @api.post("/predict", response_model=PredictResponse)
-        async def predict(
-            request: PredictRequest,  # type: ignore[valid-type]
-            http: Request,
-        ) -> dict[str, Any]:
-            """Each row's probability and label; a row's id column, when sent, is echoed, and
-            sensitive columns are accepted but never fed to the model."""
-            answer = await self.model.predict.remote(records(request))
-            return {**answer, "request_id": http.state.request_id}
+        body = _documented(api, self.fleet)
+        top_k = Query(5, ge=1, le=100, description="features per row")
 
-        def served(name: str) -> None:
-            if name != self.model_name:
-                raise HTTPException(
-                    404,
-                    f"model {name!r} is not served here; this application serves "
-                    f"{self.model_name!r}",
-                )
+        @api.post("/predict", response_model=PredictResponse, openapi_extra=body[default])
+        async def predict(http: Request) -> Response:
+            """Each row's probability and label from the variant chosen for the request; a
+            row's id column, when sent, is echoed; sensitive columns are never fed."""
+            return await self._answer(default, http)
 
-        @api.post("/v1/models/{name}:predict", response_model=PredictResponse)
-        async def v1_predict(
-            name: str,
-            request: PredictRequest,  # type: ignore[valid-type]
-            http: Request,
-        ) -> dict[str, Any]:
+        @api.post("/explain", response_model=ExplainResponse, openapi_extra=body[default])
+        async def explain(http: Request, top_k: int = top_k) -> Response:
+            """Each row's prediction and the features that moved it most (SHAP, log-odds)."""
+            return await self._answer(default, http, top_k)
+
+        @api.post(
+            "/v1/models/{name}:predict", response_model=PredictResponse, openapi_extra=body[None]
+        )
+        async def v1_predict(name: str, http: Request) -> Response:
             """KServe's V1 protocol: `{"instances": [...]}` in, `predictions` out."""
-            served(name)
-            return await predict(request, http)
+            return await self._answer(name, http)
 
         @api.get("/v1/models/{name}")
         async def v1_model(name: str) -> dict[str, Any]:
-            """KServe's V1 readiness: the model, whether it answers, and the version."""
-            served(name)
-            status = await self.model.status.remote()
-            return {"name": name, "ready": True, "version": status["model_version"], **status}
-
-        @api.post("/explain", response_model=ExplainResponse)
-        async def explain(
-            request: PredictRequest,  # type: ignore[valid-type]
-            http: Request,
-            top_k: int = Query(5, ge=1, le=len(fs.feature_names), description="features per row"),
-        ) -> dict[str, Any]:
-            """Each row's prediction and the features that moved it most (SHAP, log-odds)."""
-            answer = await self.model.explain.remote(records(request), top_k)
-            return {**answer, "request_id": http.state.request_id}
+            """KServe's V1 readiness: the model, whether it answers, and its primary version."""
+            route = self._route(name)
+            primary = route.versions[route.config.primary.name].partition("/")[2]
+            return {
+                "name": name,
+                "ready": True,
+                "version": primary,
+                **self.status()["models"][name],
+            }
 
         @api.get("/healthz")
         async def healthz() -> dict[str, Any]:
-            """The version answering, a version held back, and a failing alias check (status
-            `degraded`: the replica still answers with the version it has)."""
-            return await self.model.status.remote()
+            """Each model's variants, versions, weights now, anything held back, and a failing
+            alias check (status `degraded`: replicas still answer with what they have)."""
+            return self.status()
 
         return api
 
 
+def _documented(api: FastAPI, fleet: Fleet) -> dict[str | None, dict[str, Any]]:
+    """OpenAPI request bodies per served model (under None: any of them), from the pydantic
+    models that validate. Validation is done by hand for speed, so FastAPI cannot see them;
+    their definitions go into the document's components under the model's name."""
+    components: dict[str, Any] = {}
+    schemas = {}
+    for name, model in fleet.requests.items():
+        schema = model.model_json_schema(ref_template=f"#/components/schemas/{name}.{{model}}")
+        components.update({f"{name}.{k}": v for k, v in schema.pop("$defs", {}).items()})
+        components[f"{name}.PredictRequest"] = schema
+        schemas[name] = {"$ref": f"#/components/schemas/{name}.PredictRequest"}
+
+    def body(schema: dict[str, Any]) -> dict[str, Any]:
+        content = {"application/json": {"schema": schema}}
+        return {"requestBody": {"required": True, "content": content}}
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            document = get_openapi(
+                title=api.title, version=api.version, description=api.description, routes=api.routes
+            )
+            document.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            api.openapi_schema = document
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+    bodies: dict[str | None, dict[str, Any]] = {name: body(s) for name, s in schemas.items()}
+    any_of = list(schemas.values())
+    bodies[None] = body(any_of[0] if len(any_of) == 1 else {"anyOf": any_of})
+    return bodies
+
+
+def default_keys_file() -> Path:
+    return rayapp_home() / "api_keys"
+
+
+def _local_keys_file() -> Path | None:
+    """The default key file if this node has one (keys may come from the environment only)."""
+    return default_keys_file() if default_keys_file().exists() else None
+
+
 def app_builder(args: dict[str, Any]) -> Application:
     """Build the application from `serve_config.yaml` args (validated by AppArgs). The version
-    the alias points at now fixes the request schema of this deployment: the ingress validates
-    with it, and model replicas serve only versions that share it."""
+    each model's alias points at now fixes its request schema in this deployment."""
     parsed = AppArgs.model_validate(args or {})
     tracking.configure()
-    deployed = load(ModelRef(parsed.model_name, alias=parsed.alias))
-    features = deployed.features.to_json()
-    model = ModelServer.bind(parsed.model_name, features, str(deployed.version), parsed.alias)
-    return Ingress.bind(
-        model, parsed.model_name, features, parsed.max_instances, parsed.max_body_bytes
-    )
+    deployed = {
+        name: load(ModelRef(name, alias=parsed.alias)).features.to_json() for name in parsed.models
+    }
+    shadow = ShadowScorer.bind(parsed.store)
+    return Router.bind(shadow, parsed.model_dump(), deployed)

@@ -149,3 +149,16 @@ class RateLimiter:
                 return 0.0
             self._buckets[key] = (tokens, now)
             return (1 - tokens) / self.rate
+
+
+def client_key(file: str | os.PathLike, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The key a client on this machine sends: `RAYAPP_API_KEY`, else the first key of the
+    local key file (what `make run` created), else None."""
+    if key := environ.get("RAYAPP_API_KEY"):
+        return key
+    path = Path(file)
+    if not path.is_file():
+        return None
+    for _, entry in _file_entries(path):
+        return entry.split(":", 1)[1] if ":" in entry else entry
+    return None

@@ -1,0 +1,238 @@
+"""The models a router replica serves, loaded and kept current: one `LiveRoute` per model name,
+rebuilt whole and swapped in one assignment when the config changes or an alias moves, so a
+request never sees half a change.
+
+Each route's request schema is fixed when the application is built (the contract of the version
+its alias pointed at then): a variant whose schema differs is held back, not served, until a
+redeploy, and its traffic goes to the primary. The fleet also keeps each variant's recent
+requests to judge a canary: it stops a canary that breaches its limits and moves `production`
+to one that finished its schedule cleanly, through the registry and recorded there with the
+reason. Replicas judge their own traffic; a stop recorded by one is obeyed by all.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from ray_app import registry
+from ray_app.features import FeatureSet
+from ray_app.model.loaded import LoadedModel, load
+from ray_app.model.ref import ModelRef
+from ray_app.model.schema import request_models, request_schema
+from ray_app.model.scoring import Scorer
+from ray_app.serve.routing import (
+    Canary,
+    Route,
+    RouterConfig,
+    VariantStats,
+    breach,
+    default_route,
+)
+
+logger = logging.getLogger("ray.serve")
+ROLLBACK, PROMOTE = "canary-rollback", "canary-promote"
+
+
+@dataclass(frozen=True)
+class LiveRoute:
+    """A route ready to answer: its config, request model and a scorer per servable variant."""
+
+    name: str
+    config: Route
+    request_model: type[BaseModel]
+    scorers: dict[str, Scorer]  # variant name -> scorer, servable variants only
+    shadow: str | None  # the shadow's "name/version", scored by the Shadow deployment
+    held_back: dict[str, str]  # variant name -> why it is not served
+    versions: dict[str, str]  # variant (and shadow) name -> "name/version" it resolved to
+
+    def weights(self, now: float, canary_stopped: bool) -> dict[str, float]:
+        """Weights now; the share of a variant that cannot answer goes to the primary."""
+        weights = self.config.weights(now, canary_stopped)
+        served = {n: w for n, w in weights.items() if n in self.scorers}
+        served[self.config.primary.name] += sum(weights.values()) - sum(served.values())
+        return served
+
+
+@dataclass
+class Fleet:
+    """`deployed`: each served model's FeatureSet at build time, which fixes its schema."""
+
+    deployed: dict[str, FeatureSet]
+    alias: str
+    max_instances: int
+    config: RouterConfig = field(default_factory=RouterConfig)
+    routes: dict[str, LiveRoute] = field(default_factory=dict)
+    stats: dict[tuple[str, str], VariantStats] = field(default_factory=dict)
+    stopped: dict[str, tuple[str, str]] = field(default_factory=dict)  # route -> (rollout, why)
+    promoted: set[str] = field(default_factory=set)  # rollout ids this replica saw promoted
+    _models: dict[str, LoadedModel] = field(default_factory=dict)  # "name/version" -> model
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._schemas = {name: request_schema(fs) for name, fs in self.deployed.items()}
+        self.requests = {
+            name: request_models(fs.parsed_contract(), self.max_instances)[1]
+            for name, fs in self.deployed.items()
+        }
+
+    def route_config(self, name: str) -> Route:
+        return self.config.routes.get(name) or default_route(name, self.alias)
+
+    def apply(self, config: RouterConfig) -> None:
+        """Load what the config names and swap every route in (Serve's `reconfigure`)."""
+        unknown = set(config.routes) - set(self.deployed)
+        if unknown:
+            raise ValueError(
+                f"routes {sorted(unknown)} are not served by this application, which serves "
+                f"{sorted(self.deployed)}; add them to the application's args.models"
+            )
+        with self._lock:
+            self.config = config
+            self._swap({name: self._build(name) for name in self.deployed})
+
+    def refresh(self) -> None:
+        """Rebuild the routes whose aliases point elsewhere now (every `poll_s`)."""
+        with self._lock:
+            changed = {
+                name: self._build(name)
+                for name, live in self.routes.items()
+                if self._resolve(live.config) != live.versions
+            }
+            if changed:
+                self._swap({**self.routes, **changed})
+                logger.info("routes now serve %s", {n: r.versions for n, r in changed.items()})
+
+    def _swap(self, routes: dict[str, LiveRoute]) -> None:
+        self.routes = routes
+        in_use = {v for r in routes.values() for v in r.versions.values()}
+        self._models = {k: m for k, m in self._models.items() if k in in_use}
+        self.stats = {k: s for k, s in self.stats.items() if k[0] in routes}
+
+    @staticmethod
+    def _resolve(config: Route) -> dict[str, str]:
+        refs = {v.name: v.model for v in config.variants}
+        if config.shadow is not None:
+            refs[config.shadow.name] = config.shadow.model
+        return {name: "/".join(ModelRef.parse(ref).resolve()) for name, ref in refs.items()}
+
+    def _load(self, ref: str) -> LoadedModel:
+        name, version = ModelRef.parse(ref).resolve()
+        key = f"{name}/{version}"
+        if key not in self._models:
+            self._models[key] = load(ModelRef(name, version=version))
+        return self._models[key]
+
+    def _build(self, name: str) -> LiveRoute:
+        config = self.route_config(name)
+        scorers, held, versions = {}, {}, {}
+        for variant in config.variants:
+            try:
+                model = self._load(variant.model)
+            except Exception as e:  # one variant that cannot load must not take down the rest
+                held[variant.name] = f"cannot load {variant.model}: {type(e).__name__}: {e}"
+                continue
+            versions[variant.name] = f"{model.name}/{model.version}"
+            if request_schema(model.features) != self._schemas[name]:
+                held[variant.name] = (
+                    f"{model.name} version {model.version}: its request schema differs from "
+                    "the deployed one; redeploy (serve deploy) to serve it"
+                )
+                continue
+            scorers[variant.name] = Scorer.of(model, self.config.threshold)
+        shadow = None
+        if config.shadow is not None:  # scored in its own deployment, which loads it
+            try:
+                shadow = "/".join(ModelRef.parse(config.shadow.model).resolve())
+                versions[config.shadow.name] = shadow
+            except Exception as e:
+                held[config.shadow.name] = f"cannot resolve {config.shadow.model}: {e}"
+        for variant, reason in held.items():
+            logger.error("route %s, variant %s: %s", name, variant, reason)
+        if config.primary.name not in scorers:
+            raise RuntimeError(
+                f"route {name}: the primary {config.primary.model} cannot be served: "
+                f"{held[config.primary.name]}"
+            )
+        return LiveRoute(name, config, self.requests[name], scorers, shadow, held, versions)
+
+    # -- canaries ---------------------------------------------------------------------------
+
+    def canary_stopped(self, name: str, canary: Canary) -> bool:
+        return self.stopped.get(name, ("",))[0] == canary.rollout_id
+
+    def observe(self, name: str, variant: str, latency_ms: float, mean_score: float | None) -> None:
+        """One answered request (`mean_score` None: it failed), for the canary's judgement."""
+        key = (name, variant)
+        if key not in self.stats:
+            canary = self.routes[name].config.canary
+            window = canary.limits.window if canary else 1000
+            self.stats[key] = VariantStats(window)
+        self.stats[key].add(latency_ms, mean_score)
+
+    def judge(self, now: float) -> None:
+        """Stop a canary that breaches its limits (here or on another replica), promote one
+        that finished its schedule cleanly."""
+        for name, live in list(self.routes.items()):
+            canary = live.config.canary
+            if canary is None or self.canary_stopped(name, canary):
+                continue
+            if canary.rollout_id in self.promoted:
+                continue
+            recorded = self._recorded(name, canary)
+            if recorded is not None:
+                self.stopped[name] = (canary.rollout_id, recorded)
+                continue
+            primary, trial = (
+                self._summary(name, v) for v in (live.config.primary.name, canary.variant)
+            )
+            why = breach(primary, trial, canary.limits)
+            if why is not None:
+                self.stopped[name] = (canary.rollout_id, why)
+                registry.record_rollout(
+                    name, ROLLBACK, why, canary.rollout_id, {"primary": primary, "canary": trial}
+                )
+                logger.error("route %s: canary %s rolled back: %s", name, canary.variant, why)
+            elif canary.finished(now) and canary.promote:
+                self._promote(live, canary, primary, trial)
+
+    def _summary(self, name: str, variant: str) -> dict[str, float]:
+        stats = self.stats.get((name, variant))
+        return stats.summary() if stats else VariantStats(1).summary()
+
+    def _recorded(self, name: str, canary: Canary) -> str | None:
+        """A rollback of this rollout that another replica recorded."""
+        for event in reversed(registry.rollout_history(name)):
+            if event.rollout_id == canary.rollout_id and event.action == ROLLBACK:
+                return event.reason
+        return None
+
+    def _promote(self, live: LiveRoute, canary: Canary, primary: dict, trial: dict) -> None:
+        """`production` to the canary's version through the registry's gate move, only if the
+        gate passed that version and production still holds the primary's version."""
+        self.promoted.add(canary.rollout_id)
+        target = live.versions.get(canary.variant, "")
+        model, _, version = target.partition("/")
+        expected = live.versions[live.config.primary.name].partition("/")[2]
+        if registry.aliased_version(model, registry.PRODUCTION) == version:
+            return  # another replica promoted it
+        report = registry.gate_report(model, version)
+        if report is None:
+            why = f"{target} never passed the gate; it stays a canary at full weight"
+            registry.record_rollout(live.name, PROMOTE, why, canary.rollout_id)
+            logger.error("route %s: not promoted: %s", live.name, why)
+            return
+        reason = (
+            f"canary {canary.variant} passed steps {canary.steps} over "
+            f"{canary.step_s * len(canary.steps):.0f} s: {trial} against {primary}"
+        )
+        try:
+            registry.promote(model, registry.PRODUCTION, version, reason, report, expected)
+        except registry.ConcurrentMoveError as e:
+            registry.record_rollout(live.name, PROMOTE, f"not promoted: {e}", canary.rollout_id)
+            return
+        registry.record_rollout(live.name, PROMOTE, reason, canary.rollout_id)
+        logger.info("route %s: production is now %s", live.name, target)
