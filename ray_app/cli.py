@@ -475,19 +475,19 @@ def deploy(
             "give --strategy with --candidate, or --switch, or --rollback, or nothing (status)"
         )
     try:
-        deployed = rollout.Deployed.read(address, app_name)
-        name = model or deployed.models()[0]
+        running = rollout.Running.read(address, app_name)
+        name = model or next(iter(running.refs()))
         if strategy is not None:
+            percents = [float(s) for s in steps.split(",")]
             route = rollout.start(
-                deployed, name, strategy, candidate, [float(s) for s in steps.split(",")],
-                step_s, fraction, promote,
-            )  # fmt: skip
+                running, name, strategy, candidate, percents, step_s, fraction, promote
+            )
         elif switch:
-            route = rollout.switch(deployed, name)
+            route = rollout.switch(running, name)
         elif rollback:
-            route = rollout.rollback(deployed, name)
+            route = rollout.rollback(running, name)
         else:
-            route = deployed.route(name)
+            route = running.route(name)
     except (rollout.DeployError, RegistryError) as e:
         typer.echo(f"deploy refused: {e}", err=True)
         raise typer.Exit(2) from None

@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "test-key-0123456789abcdef"  # the service's key in tests (RAYAPP_API_KEYS)
+OTHER_KEY = "other-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DASHBOARD_PORT = free_port()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,6 +42,8 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_EC2_METADATA_DISABLED": "true",
+            # Serve replicas started by this session inherit the keys.
+            "RAYAPP_API_KEYS": f"tester:{API_KEY},other:{OTHER_KEY}",
         }
     )
     return home
@@ -44,9 +58,83 @@ def ray_session(isolated_env: Path):
 
     # 4 logical CPUs on 2 cores: Serve replicas (under 1 CPU) and a 2-CPU training run fit at once.
     # One logical GPU (no CUDA here): Tune's GPU trials are really scheduled on it.
-    init_ray("local", progress=False, num_cpus=4, num_gpus=1, include_dashboard=False)
+    # The dashboard carries Serve's config API, which `serve deploy` and `rayapp deploy` use.
+    os.environ["RAY_DASHBOARD_ADDRESS"] = f"http://127.0.0.1:{DASHBOARD_PORT}"
+    init_ray(
+        "local",
+        progress=False,
+        num_cpus=4,
+        num_gpus=1,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=DASHBOARD_PORT,
+    )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def dashboard(ray_session) -> str:
+    return os.environ["RAY_DASHBOARD_ADDRESS"]
+
+
+@pytest.fixture(scope="session")
+def result(ray_session, pipeline_config):
+    """The pipeline on 20k rows of built-in data: churn_model, gated and in production."""
+    from ray_app import pipeline
+
+    return pipeline.run(pipeline_config)
+
+
+@pytest.fixture(scope="session")
+def api():
+    """An HTTP client that sends the service's API key."""
+    import requests
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {API_KEY}"
+    yield session
+    session.close()
+
+
+def wait_healthy(url: str, timeout_s: float = 120) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"{url} not healthy after {timeout_s}s"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def service(result, dashboard):
+    """serve_config.yaml deployed as `serve deploy` does (Serve's config API), on a free port,
+    with small request limits, one router replica and a 1 s alias poll."""
+    import yaml
+    from ray import serve
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    [app] = config["applications"]
+    app["args"].update(models=[result.model_name], max_instances=50, max_body_bytes=65_536)
+    router = next(d for d in app["deployments"] if d["name"] == "Router")
+    router.pop("autoscaling_config")
+    router.update(num_replicas=1)
+    router["user_config"]["poll_s"] = 1
+    client = ServeSubmissionClient(dashboard)
+    client.deploy_applications(config)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url)
+    yield url
+    client.delete_applications()
+    serve.shutdown()
 
 
 @pytest.fixture(scope="session")

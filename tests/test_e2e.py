@@ -3,7 +3,6 @@
 import copy
 import dataclasses
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 import requests
+from conftest import API_KEY
 from mlflow.tracking import MlflowClient
 from ray import serve
 from typer.testing import CliRunner
@@ -21,32 +21,15 @@ from ray_app import pipeline, registry, tracking
 from ray_app.cli import app as cli
 from ray_app.data import synth
 from ray_app.model.loaded import load, log_model, sample_request
-from ray_app.serve.app import app_builder
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def _named(run) -> str:
+    return f"{run.model_name}/{run.model_version}"
+
+
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def result(ray_session, pipeline_config):
-    return pipeline.run(pipeline_config)  # 20k rows of built-in data (configs/pipeline.yaml)
-
-
-@pytest.fixture(scope="module")
-def service(result):
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {"model_name": result.model_name, "max_instances": 50, "max_body_bytes": 65_536}
-    serve.run(app_builder(args), name="ray_app", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
 
 
 def test_pipeline_trains_and_promotes_a_good_model(result):
@@ -87,9 +70,9 @@ def test_mlflow_run_records_lineage_and_artifacts(result):
     assert (Path(model_files) / "artifacts" / "model.ubj").is_file()
 
 
-def test_prediction_over_http(result, service):
+def test_prediction_over_http(result, service, api):
     sample = sample_request(result.model_name)
-    response = requests.post(f"{service}/predict", json=sample, timeout=30)
+    response = api.post(f"{service}/predict", json=sample, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["model_name"], body["model_version"]) == (result.model_name, result.model_version)
@@ -101,9 +84,9 @@ def test_prediction_over_http(result, service):
         assert p["label"] == int(p["probability"] >= body["threshold"])
 
 
-def test_mlflow_pyfunc_on_raw_rows_answers_like_the_service(result, service):
+def test_mlflow_pyfunc_on_raw_rows_answers_like_the_service(result, service, api):
     sample = sample_request(result.model_name)
-    served = requests.post(f"{service}/predict", json=sample, timeout=30).json()
+    served = api.post(f"{service}/predict", json=sample, timeout=30).json()
     model = mlflow.pyfunc.load_model(f"models:/{result.model_name}/{served['model_version']}")
     contract = load(result.model_name).contract
     assert model.metadata.get_input_schema().input_names() == contract.input_columns  # raw
@@ -115,22 +98,22 @@ def test_mlflow_pyfunc_on_raw_rows_answers_like_the_service(result, service):
     assert answer["label"].tolist() == [p["label"] for p in expected]
 
 
-def test_explain_names_the_features_behind_each_prediction(result, service):
+def test_explain_names_the_features_behind_each_prediction(result, service, api):
     sample = sample_request(result.model_name)
-    response = requests.post(f"{service}/explain?top_k=3", json=sample, timeout=30)
+    response = api.post(f"{service}/explain?top_k=3", json=sample, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
-    predicted = requests.post(f"{service}/predict", json=sample, timeout=30).json()
+    predicted = api.post(f"{service}/predict", json=sample, timeout=30).json()
     features = set(load(result.model_name).features.feature_names)
     for row, prediction in zip(body["explanations"], predicted["predictions"], strict=True):
         assert row["probability"] == pytest.approx(prediction["probability"])
         assert len(row["contributions"]) == 3
         assert {c["feature"] for c in row["contributions"]} <= features
-    bad = requests.post(f"{service}/explain?top_k=0", json=sample, timeout=30)
+    bad = api.post(f"{service}/explain?top_k=0", json=sample, timeout=30)
     assert bad.status_code == 422 and "top_k" in bad.json()["detail"]
 
 
-def test_bad_requests_get_422_naming_the_field_and_service_keeps_serving(result, service):
+def test_bad_requests_get_422_naming_the_field_and_service_keeps_serving(result, service, api):
     good = sample_request(result.model_name)["instances"][0]
     cases = [
         ({"instances": []}, "instances"),
@@ -140,10 +123,10 @@ def test_bad_requests_get_422_naming_the_field_and_service_keeps_serving(result,
         ({"rows": [good]}, "instances"),
     ]
     for body, field in cases:
-        response = requests.post(f"{service}/predict", json=body, timeout=30)
+        response = api.post(f"{service}/predict", json=body, timeout=30)
         assert response.status_code == 422, response.text
         assert field in response.json()["detail"]
-    malformed = requests.post(
+    malformed = api.post(
         f"{service}/predict",
         data="{not json",
         headers={"content-type": "application/json"},
@@ -151,16 +134,17 @@ def test_bad_requests_get_422_naming_the_field_and_service_keeps_serving(result,
     )
     assert malformed.status_code == 422 and "body" in malformed.json()["detail"]
     health = requests.get(f"{service}/healthz", timeout=10).json()
-    assert health["status"] == "ok" and health["model_version"] == result.model_version
+    assert health["status"] == "ok"
+    assert health["models"][result.model_name]["serving"] == {"primary": _named(result)}
 
 
-def test_input_json_cannot_carry_back_is_a_422_not_a_500(result, service):
+def test_input_json_cannot_carry_back_is_a_422_not_a_500(result, service, api):
     good = sample_request(result.model_name)["instances"][0]
     for field, literal in (("monthly_charge", "NaN"), ("age", "Infinity"), ("age", "-Infinity")):
         body = json.dumps({"instances": [{**good, field: 0}]}).replace(
             f'"{field}": 0', f'"{field}": {literal}'
         )
-        response = requests.post(
+        response = api.post(
             f"{service}/predict",
             data=body,
             headers={"content-type": "application/json"},
@@ -170,14 +154,14 @@ def test_input_json_cannot_carry_back_is_a_422_not_a_500(result, service):
         assert f"instances.0.{field}" in response.json()["detail"]
 
 
-def test_ids_and_sensitive_columns_are_echoed_or_accepted_never_fed(result, service):
+def test_ids_and_sensitive_columns_are_echoed_or_accepted_never_fed(result, service, api):
     good = sample_request(result.model_name)["instances"][0]
     rows = [
         {**good, "customer_id": "C000000001", "gender": "female"},
         {**good, "customer_id": "C000000002", "gender": "male"},
         good,
     ]
-    response = requests.post(
+    response = api.post(
         f"{service}/predict",
         json={"instances": rows},
         headers={"X-Request-ID": "req-42"},
@@ -189,38 +173,42 @@ def test_ids_and_sensitive_columns_are_echoed_or_accepted_never_fed(result, serv
     answers = body["predictions"]
     assert [a["id"] for a in answers] == ["C000000001", "C000000002", None]
     assert len({a["probability"] for a in answers}) == 1  # gender and id never reach the model
-    fresh = requests.post(f"{service}/predict", json={"instances": [good]}, timeout=30)
+    fresh = api.post(f"{service}/predict", json={"instances": [good]}, timeout=30)
     assert fresh.json()["request_id"] == fresh.headers["x-request-id"]  # made by Serve
 
 
-def test_limits_on_what_a_request_may_be(result, service):
+def test_limits_on_what_a_request_may_be(result, service, api):
     good = sample_request(result.model_name)["instances"][0]
-    too_many = requests.post(f"{service}/predict", json={"instances": [good] * 51}, timeout=30)
+    too_many = api.post(f"{service}/predict", json={"instances": [good] * 51}, timeout=30)
     assert too_many.status_code == 422 and "instances" in too_many.json()["detail"]
     assert "at most 50" in too_many.json()["detail"]
     padded = {"instances": [good], "pad": "x" * 70_000}
-    too_big = requests.post(f"{service}/predict", json=padded, timeout=30)
+    too_big = api.post(f"{service}/predict", json=padded, timeout=30)
     assert too_big.status_code == 413 and "65536 bytes" in too_big.json()["detail"]
-    as_text = requests.post(
+    as_text = api.post(
         f"{service}/predict",
         data=json.dumps({"instances": [good]}),
         timeout=30,
         headers={"content-type": "text/plain"},
     )
     assert as_text.status_code == 415 and "application/json" in as_text.json()["detail"]
-    ok = requests.post(f"{service}/predict", json={"instances": [good] * 50}, timeout=30)
+    ok = api.post(f"{service}/predict", json={"instances": [good] * 50}, timeout=30)
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 50
 
 
-def test_openapi_docs_show_the_contract(service):
+def test_openapi_docs_show_the_contract(result, service):
     schema = requests.get(f"{service}/openapi.json", timeout=10).json()
-    instance = schema["components"]["schemas"]["Instance"]
+    instance = schema["components"]["schemas"][f"{result.model_name}.Instance"]
     assert instance["properties"]["region"]["enum"] == ["north", "south", "east", "west"]
     assert requests.get(f"{service}/docs", timeout=10).status_code == 200
 
 
 def test_cli_predict_prints_the_answer(result, service):
-    out = CliRunner().invoke(cli, ["predict", "--sample", "--url", service])
+    unauthorised = CliRunner().invoke(cli, ["predict", "--sample", "--url", service])
+    assert unauthorised.exit_code == 1 and "401" in unauthorised.output
+    out = CliRunner(env={"RAYAPP_API_KEY": API_KEY}).invoke(
+        cli, ["predict", "--sample", "--url", service]
+    )
     assert out.exit_code == 0, out.output
     assert f'"model_version": "{result.model_version}"' in out.output
 
@@ -281,21 +269,23 @@ def test_job_entry_points_parse_their_arguments(job, option):
     assert out.returncode == 0 and option in out.stdout and "--config" in out.stdout
 
 
-def test_rollback_moves_production_back_and_the_service_follows(result, service, pipeline_config):
+def test_rollback_moves_production_back_and_the_service_follows(
+    result, service, pipeline_config, api
+):
     newer = pipeline.run(pipeline_config, data_version=result.dataset_version, log=lambda m: None)
     assert newer.promoted
     moves = registry.alias_history(result.model_name, registry.PRODUCTION)
     assert moves[-1].to_version == newer.model_version and moves[-1].reason.startswith("gate")
     assert moves[-1].run_id == newer.run_id and moves[-1].dataset_version == result.dataset_version
     body = {"instances": sample_request(result.model_name)["instances"]}
-    _wait_for_version(service, body, newer.model_version)
+    _wait_for_version(api, service, body, newer.model_version)
 
     out = CliRunner().invoke(cli, ["rollback", "--model", result.model_name, "--yes"])
     assert out.exit_code == 0, out.output
     back = moves[-1].from_version
     assert f"version {newer.model_version} -> {back}" in out.output
     assert str(registry.version_for(result.model_name).version) == back
-    _wait_for_version(service, body, back)  # the same replica, reloaded in place
+    _wait_for_version(api, service, body, back)  # the same replica, reloaded in place
 
     out = CliRunner().invoke(cli, ["rollback", "--model", result.model_name, "--to", back, "--yes"])
     assert out.exit_code == 2 and "already points at version" in out.output
@@ -303,7 +293,7 @@ def test_rollback_moves_production_back_and_the_service_follows(result, service,
     assert f"rollback from version {newer.model_version}" in out.output
 
 
-def test_a_version_with_another_request_schema_waits_for_a_redeploy(result, service):
+def test_a_version_with_another_request_schema_waits_for_a_redeploy(result, service, api):
     name = result.model_name
     serving = load(name)
     contract = copy.deepcopy(serving.features.contract)
@@ -315,52 +305,55 @@ def test_a_version_with_another_request_schema_waits_for_a_redeploy(result, serv
     other = registry.register(info.model_uri, name, {})
     registry.promote(name, registry.PRODUCTION, other.version, "test", "", serving.version)
     try:
-        deadline, health = time.monotonic() + 30, {}
-        while time.monotonic() < deadline and not health.get("held_back"):
-            time.sleep(0.5)
-            health = requests.get(f"{service}/healthz", timeout=10).json()
-        assert health["held_back"]["version"] == str(other.version), health
-        assert "redeploy" in health["held_back"]["reason"]
-        answer = requests.post(f"{service}/predict", json=sample, timeout=30)
+        route = _route_health(service, name, lambda r: r["held_back"])
+        assert route["configured"]["primary"] == f"{name}/{other.version}", route
+        assert "redeploy" in route["held_back"]["primary"]
+        assert route["serving"]["primary"] == f"{name}/{serving.version}"
+        answer = api.post(f"{service}/predict", json=sample, timeout=30)
         assert answer.status_code == 200 and answer.json()["model_version"] == serving.version
         # A replica Serve restarts now finds the alias on the other contract: it must serve
-        # the deployed version, not the one its ingress cannot validate for.
-        killed = _kill_model_replicas()
-        deadline, health = time.monotonic() + 60, {}
-        while time.monotonic() < deadline and health.get("held_back") is None:
-            time.sleep(1)
-            try:
-                health = requests.get(f"{service}/healthz", timeout=10).json()
-            except (requests.RequestException, ValueError):
-                health = {}  # the replica is starting
-        assert health.get("held_back"), (killed, health)
-        assert health["model_version"] == result.model_version  # the deployed version
-        answer = requests.post(f"{service}/predict", json=sample, timeout=30)
+        # the deployed version, not the one its schema cannot validate for.
+        killed = _kill_replicas("Router")
+        route = _route_health(service, name, lambda r: r["held_back"], timeout_s=90)
+        assert route["serving"]["primary"] == _named(result), (killed, route)
+        answer = api.post(f"{service}/predict", json=sample, timeout=30)
         assert answer.status_code == 200, answer.text
     finally:
         registry.promote(name, registry.PRODUCTION, serving.version, "test", "", other.version)
-    deadline = time.monotonic() + 30
-    while requests.get(f"{service}/healthz", timeout=10).json()["held_back"]:
-        assert time.monotonic() < deadline, "held-back version still reported"
+    _route_health(service, name, lambda r: not r["held_back"])
+
+
+def _route_health(url: str, name: str, until, timeout_s: float = 30) -> dict:
+    """The model's entry in /healthz once `until(entry)` holds (a restarting replica may not
+    answer for a while)."""
+    deadline, seen = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        try:
+            seen = requests.get(f"{url}/healthz", timeout=10).json()
+            if until(seen["models"][name]):
+                return {**seen["models"][name], "status": seen["status"]}
+        except (requests.RequestException, ValueError, KeyError):
+            pass
         time.sleep(0.5)
+    raise AssertionError(f"/healthz never showed what was waited for; last: {seen}")
 
 
-def _kill_model_replicas() -> list[str]:
+def _kill_replicas(deployment: str) -> list[str]:
     import ray
 
     named = ray.util.list_named_actors(all_namespaces=True)
-    replicas = [a for a in named if "Model" in a["name"] and "REPLICA" in a["name"]]
+    replicas = [a for a in named if f"#{deployment}#" in a["name"] and "REPLICA" in a["name"]]
     for actor in replicas:
         ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
     assert replicas, [a["name"] for a in named]
     return [a["name"] for a in replicas]
 
 
-def _wait_for_version(url: str, body: dict, version: str, timeout_s: float = 30) -> None:
+def _wait_for_version(api, url: str, body: dict, version: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     seen = None
     while time.monotonic() < deadline:
-        seen = requests.post(f"{url}/predict", json=body, timeout=10).json()["model_version"]
+        seen = api.post(f"{url}/predict", json=body, timeout=10).json()["model_version"]
         if seen == version:
             return
         time.sleep(0.5)
@@ -387,7 +380,9 @@ def test_another_table_registers_under_its_contracts_name_and_gate_entry(
     assert "champion" not in "; ".join(r["reason"] for r in report["results"] if not r["passed"])
 
 
-def test_a_version_that_fails_to_load_shows_as_degraded_while_the_old_one_answers(result, service):
+def test_a_version_that_fails_to_load_shows_as_degraded_while_the_old_one_answers(
+    result, service, api
+):
     name = result.model_name
     serving, sample = load(name), sample_request(name)
     with mlflow.start_run(experiment_id=tracking.experiment_id("ray_app")):
@@ -396,26 +391,20 @@ def test_a_version_that_fails_to_load_shows_as_degraded_while_the_old_one_answer
     broken = registry.register(info.model_uri, name, {})
     registry.promote(name, registry.PRODUCTION, broken.version, "test", "", serving.version)
     try:
-        deadline, health = time.monotonic() + 30, {}
-        while time.monotonic() < deadline and health.get("status") != "degraded":
-            time.sleep(0.5)
-            health = requests.get(f"{service}/healthz", timeout=10).json()
-        assert health["status"] == "degraded" and health["reload_error"], health
-        assert health["model_version"] == serving.version
-        answer = requests.post(f"{service}/predict", json=sample, timeout=30)
+        route = _route_health(service, name, lambda r: r["held_back"])
+        assert route["status"] == "degraded" and "cannot load" in route["held_back"]["primary"]
+        assert route["serving"]["primary"] == f"{name}/{serving.version}"
+        answer = api.post(f"{service}/predict", json=sample, timeout=30)
         assert answer.status_code == 200 and answer.json()["model_version"] == serving.version
     finally:
         registry.promote(name, registry.PRODUCTION, serving.version, "test", "", broken.version)
-    deadline = time.monotonic() + 30
-    while requests.get(f"{service}/healthz", timeout=10).json()["status"] != "ok":
-        assert time.monotonic() < deadline, "still degraded after the alias came back"
-        time.sleep(0.5)
+    assert _route_health(service, name, lambda r: not r["held_back"])["status"] == "ok"
 
 
-def test_kserve_v1_routes_answer_like_predict(result, service):
+def test_kserve_v1_routes_answer_like_predict(result, service, api):
     name, sample = result.model_name, sample_request(result.model_name)
-    v1 = requests.post(f"{service}/v1/models/{name}:predict", json=sample, timeout=30)
-    plain = requests.post(f"{service}/predict", json=sample, timeout=30)
+    v1 = api.post(f"{service}/v1/models/{name}:predict", json=sample, timeout=30)
+    plain = api.post(f"{service}/predict", json=sample, timeout=30)
     assert v1.status_code == 200, v1.text
     assert v1.json()["predictions"] == plain.json()["predictions"]
     ready = requests.get(f"{service}/v1/models/{name}", timeout=10).json()
@@ -423,33 +412,39 @@ def test_kserve_v1_routes_answer_like_predict(result, service):
     assert ready["version"] == plain.json()["model_version"]
     for unknown in (
         requests.get(f"{service}/v1/models/nope", timeout=10),
-        requests.post(f"{service}/v1/models/nope:predict", json=sample, timeout=30),
+        api.post(f"{service}/v1/models/nope:predict", json=sample, timeout=30),
     ):
         assert unknown.status_code == 404 and "'nope' is not served here" in unknown.text
-    bad = requests.post(f"{service}/v1/models/{name}:predict", json={"rows": []}, timeout=30)
+    bad = api.post(f"{service}/v1/models/{name}:predict", json={"rows": []}, timeout=30)
     assert bad.status_code == 422 and "instances" in bad.json()["detail"]
 
 
-def test_overload_is_shed_with_429_and_retry_after_never_500(result, service):
+def test_overload_is_shed_with_429_and_retry_after_never_500(result, service, api):
     from concurrent.futures import ThreadPoolExecutor
 
-    from ray_app.serve.app import Ingress, ModelServer
+    from ray_app.serve.app import Router, ShadowScorer
 
     name = result.model_name
     deployed = load(name)
-    features = deployed.features.to_json()
+    served = {
+        name: {
+            "ref": f"{name}@production",
+            "version": f"{name}/{deployed.version}",
+            "features": deployed.features.to_json(),
+        }
+    }
     shed = {"status_code": 429, "retry_after_s": 1}  # as serve_config.yaml says
-    model = ModelServer.options(
-        max_ongoing_requests=1, max_queued_requests=1, backpressure_config=shed
-    ).bind(name, features, str(deployed.version))
-    app = Ingress.options(max_ongoing_requests=16).bind(model, name, features, 1_000, 2**20)
+    router = Router.options(
+        name="BusyRouter", max_ongoing_requests=1, max_queued_requests=1, backpressure_config=shed
+    )
+    app = router.bind(ShadowScorer.options(name="BusyShadow").bind(), {"models": [name]}, served)
     serve.run(app, name="busy", route_prefix="/busy")
     try:
         body = {"instances": sample_request(name)["instances"] * 100}
 
         def call(_: int) -> tuple[int, str | None, float]:
             started = time.monotonic()
-            r = requests.post(f"{service}/busy/explain", json=body, timeout=30)
+            r = api.post(f"{service}/busy/explain", json=body, timeout=30)
             return r.status_code, r.headers.get("retry-after"), time.monotonic() - started
 
         with ThreadPoolExecutor(16) as pool:

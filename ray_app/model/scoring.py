@@ -67,15 +67,15 @@ class Scorer:
         return self.model.booster.predict(xgb.DMatrix(matrix), pred_contribs=True)
 
     def _answer(self, proba: np.ndarray, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Each row's probability and label, and its id when the request carried one."""
+        """Each row's probability and label, and its id (None when the row did not carry it)."""
         key = self.model.contract.id_column
         answers = [
             {"probability": float(p), "label": _plain(label)}
             for p, label in zip(proba, self.labels(proba), strict=True)
         ]
-        for answer, record in zip(answers, records, strict=True):
-            if key is not None and record.get(key) is not None:
-                answer["id"] = record[key]
+        if key is not None:
+            for answer, record in zip(answers, records, strict=True):
+                answer["id"] = record.get(key)
         return answers
 
     def _header(self) -> dict[str, Any]:

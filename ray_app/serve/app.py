@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
@@ -44,7 +45,7 @@ from ray_app.model.loaded import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.schema import MAX_INSTANCES, ExplainResponse, PredictResponse, records
 from ray_app.serve.auth import ENV_KEYS, ApiKeys, RateLimiter
-from ray_app.serve.fleet import Fleet, LiveRoute
+from ray_app.serve.fleet import Deployed, Fleet, LiveRoute
 from ray_app.serve.routing import KEY_HEADER, VARIANT_HEADER, RouterConfig, choose
 from ray_app.serve.shadow import ShadowScorer
 
@@ -77,11 +78,13 @@ class AppArgs(BaseModel):
     mirror_max_items: int = Field(5000, ge=1, description="buffered requests; more are dropped")
 
 
-def _invalid(exc: ValidationError) -> JSONResponse:
-    """422 naming each bad field as `instances[i].column`, with what was expected."""
+def _invalid(exc: ValidationError | RequestValidationError) -> JSONResponse:
+    """422 naming each bad field as `instances.i.column` (or the query parameter), with what
+    was expected."""
     errors = []
     for err in exc.errors():
-        where = "body" if err["type"] == "json_invalid" else ".".join(map(str, err["loc"]))
+        loc = [str(p) for p in err["loc"] if p not in ("body", "query")]
+        where = "body" if err["type"] == "json_invalid" else ".".join(loc)
         errors.append(
             {"field": where or "body", "error": err["msg"], "input": _short(err.get("input"))}
         )
@@ -159,14 +162,17 @@ class Mirror:
 @serve.deployment(name="Router", ray_actor_options={"num_cpus": 0.25})
 @serve.ingress()
 class Router:
-    def __init__(self, shadow: DeploymentHandle, args: dict[str, Any], deployed: dict[str, str]):
+    def __init__(
+        self, shadow: DeploymentHandle, args: dict[str, Any], deployed: dict[str, dict[str, str]]
+    ):
         tracking.configure()
         self.args = AppArgs.model_validate(args)
-        self.fleet = Fleet(
-            {name: FeatureSet.from_json(text) for name, text in deployed.items()},
-            self.args.alias,
-            self.args.max_instances,
-        )
+        served = {
+            name: Deployed(d["ref"], d["version"], FeatureSet.from_json(d["features"]))
+            for name, d in deployed.items()
+        }
+        self.default = next(iter(served))
+        self.fleet = Fleet(served, self.args.max_instances)
         self.fleet.apply(RouterConfig())
         auth = self.args.auth
         self.keys = ApiKeys.load(auth.keys_file or _local_keys_file())
@@ -337,13 +343,16 @@ class Router:
             stopped = canary is not None and fleet.canary_stopped(name, canary)
             routes[name] = {
                 "strategy": route.config.strategy,
-                "versions": route.versions,
+                "serving": route.serving,
                 "weights": route.weights(now, stopped),
+                "configured": route.versions,
                 "held_back": route.held_back or None,
+                "shadow": route.shadow,
                 "canary_stopped": fleet.stopped[name][1] if stopped else None,
             }
+        fallback = any(r.config.primary.name in r.held_back for r in fleet.routes.values())
         return {
-            "status": "degraded" if self.reload_error else "ok",
+            "status": "degraded" if self.reload_error or fallback else "ok",
             "reload_error": self.reload_error,
             "models": routes,
         }
@@ -351,11 +360,14 @@ class Router:
     # -- HTTP -------------------------------------------------------------------------------
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
-        default = self.args.models[0]
+        default = self.default
         api = FastAPI(
             title="ray_app prediction service",
-            description=f"Serves {', '.join(self.args.models)}; `/predict` answers for {default}.",
+            description=f"Serves {', '.join(self.fleet.deployed)}; `/predict` answers for "
+            f"{default}.",
         )
+
+        api.add_exception_handler(RequestValidationError, lambda _, e: _invalid(e))
 
         @api.middleware("http")
         async def edge(request: Request, call_next: Any) -> Any:
@@ -391,7 +403,7 @@ class Router:
         async def v1_model(name: str) -> dict[str, Any]:
             """KServe's V1 readiness: the model, whether it answers, and its primary version."""
             route = self._route(name)
-            primary = route.versions[route.config.primary.name].partition("/")[2]
+            primary = route.serving[route.config.primary.name].partition("/")[2]
             return {
                 "name": name,
                 "ready": True,
@@ -454,8 +466,13 @@ def app_builder(args: dict[str, Any]) -> Application:
     each model's alias points at now fixes its request schema in this deployment."""
     parsed = AppArgs.model_validate(args or {})
     tracking.configure()
-    deployed = {
-        name: load(ModelRef(name, alias=parsed.alias)).features.to_json() for name in parsed.models
-    }
+    deployed = {}
+    for ref in parsed.models:
+        model = load(ModelRef.parse(ref, default_alias=parsed.alias))
+        deployed[str(model.name)] = {
+            "ref": ref if "@" in ref or "/" in ref else f"{ref}@{parsed.alias}",
+            "version": f"{model.name}/{model.version}",
+            "features": model.features.to_json(),
+        }
     shadow = ShadowScorer.bind(parsed.store)
     return Router.bind(shadow, parsed.model_dump(), deployed)

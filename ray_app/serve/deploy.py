@@ -42,7 +42,7 @@ class DeployError(RuntimeError):
 
 
 @dataclass
-class Deployed:
+class Running:
     """The running Serve config and the router's settings in it."""
 
     client: ServeSubmissionClient
@@ -50,7 +50,7 @@ class Deployed:
     app: str
 
     @classmethod
-    def read(cls, address: str, app: str) -> Deployed:
+    def read(cls, address: str, app: str) -> Running:
         client = ServeSubmissionClient(address)
         details = client.get_serve_details()
         apps = details.get("applications", {})
@@ -66,18 +66,25 @@ class Deployed:
                 for k, v in (details.get("http_options") or {}).items()
                 if k in ("host", "port", "root_path", "request_timeout_s", "keep_alive_timeout_s")
             },
-            "applications": [a["deployed_app_config"] for a in apps.values()],
+            # apps started with serve.run have no config to put back; they are left alone
+            "applications": [
+                a["deployed_app_config"] for a in apps.values() if a.get("deployed_app_config")
+            ],
         }
         return cls(client, config, app)
 
     def _app(self) -> dict[str, Any]:
         return next(a for a in self.config["applications"] if a["name"] == self.app)
 
-    def models(self) -> list[str]:
-        return list(self._app().get("args", {}).get("models", []))
-
-    def alias(self) -> str:
-        return self._app().get("args", {}).get("alias", registry.PRODUCTION)
+    def refs(self) -> dict[str, str]:
+        """Served model name -> the reference its default route serves."""
+        args = self._app().get("args", {})
+        alias = args.get("alias", registry.PRODUCTION)
+        out = {}
+        for ref in args.get("models", []):
+            parsed = ModelRef.parse(ref, default_alias=alias)
+            out[str(parsed.name)] = ref if "@" in ref or "/" in ref else f"{ref}@{alias}"
+        return out
 
     def router(self) -> RouterConfig:
         for deployment in self._app().get("deployments", []):
@@ -86,7 +93,10 @@ class Deployed:
         return RouterConfig()
 
     def route(self, model: str) -> Route:
-        return self.router().routes.get(model) or default_route(model, self.alias())
+        refs = self.refs()
+        if model not in refs:
+            raise DeployError(f"{model!r} is not served by {self.app!r}; it serves {sorted(refs)}")
+        return self.router().routes.get(model) or default_route(refs[model])
 
     def put(self, model: str, route: Route | None) -> None:
         """Write one route (None: back to the default) and deploy the config."""
@@ -124,7 +134,7 @@ def _gated(ref: str) -> tuple[str, str, str]:
 
 
 def start(
-    deployed: Deployed,
+    running: Running,
     model: str,
     strategy: str,
     candidate: str,
@@ -134,7 +144,7 @@ def start(
     promote: bool = True,
 ) -> Route:
     """A new rollout of `candidate` beside what serves `model` now."""
-    current = deployed.route(model)
+    current = running.route(model)
     if current.strategy == CANARY or (current.strategy == BLUEGREEN and _blue_live(current)):
         live = current.strategy
         raise DeployError(
@@ -177,7 +187,7 @@ def start(
         )
     else:
         raise DeployError(f"unknown strategy {strategy!r}; use bluegreen, canary or shadow")
-    deployed.put(model, route)
+    running.put(model, route)
     rollout = route.canary.rollout_id if route.canary else ""
     registry.record_rollout(
         model,
@@ -198,9 +208,9 @@ def _blue_live(route: Route) -> bool:
     return route.variants[0].weight == 100
 
 
-def switch(deployed: Deployed, model: str) -> Route:
+def switch(running: Running, model: str) -> Route:
     """Blue/green: all traffic to green at once, and `production` with it."""
-    route = deployed.route(model)
+    route = running.route(model)
     if route.strategy != BLUEGREEN or not _blue_live(route):
         raise DeployError(f"{model}: no blue/green rollout waiting for a switch ({route.strategy})")
     blue, green = route.variants
@@ -216,15 +226,15 @@ def switch(deployed: Deployed, model: str) -> Route:
             ]
         }
     )
-    deployed.put(model, switched)
+    running.put(model, switched)
     registry.record_rollout(model, "bluegreen-switch", f"all traffic to {green.model}")
     return switched
 
 
-def rollback(deployed: Deployed, model: str, reason: str = "rollback by hand") -> Route | None:
+def rollback(running: Running, model: str, reason: str = "rollback by hand") -> Route | None:
     """Undo the rollout: a switched blue/green goes back to blue (and `production` with it);
     a canary, a shadow or an unswitched green is removed."""
-    route = deployed.route(model)
+    route = running.route(model)
     if route.strategy == SINGLE:
         raise DeployError(
             f"{model} has no rollout to roll back; `rayapp rollback` moves production"
@@ -242,10 +252,10 @@ def rollback(deployed: Deployed, model: str, reason: str = "rollback by hand") -
                 ]
             }
         )
-        deployed.put(model, back)
+        running.put(model, back)
         registry.record_rollout(model, "bluegreen-rollback", reason)
         return back
-    deployed.put(model, None)  # back to the default route: <model>@production alone
+    running.put(model, None)  # back to the default route: <model>@production alone
     rollout = route.canary.rollout_id if route.canary else ""
     registry.record_rollout(model, f"{route.strategy}-rollback", reason, rollout)
     return None

@@ -46,8 +46,13 @@ class LiveRoute:
     request_model: type[BaseModel]
     scorers: dict[str, Scorer]  # variant name -> scorer, servable variants only
     shadow: str | None  # the shadow's "name/version", scored by the Shadow deployment
-    held_back: dict[str, str]  # variant name -> why it is not served
+    held_back: dict[str, str]  # variant name -> why it is not served (as configured)
     versions: dict[str, str]  # variant (and shadow) name -> "name/version" it resolved to
+
+    @property
+    def serving(self) -> dict[str, str]:
+        """Variant -> "name/version" actually answering (a held-back primary's fallback)."""
+        return {n: f"{s.model.name}/{s.model.version}" for n, s in self.scorers.items()}
 
     def weights(self, now: float, canary_stopped: bool) -> dict[str, float]:
         """Weights now; the share of a variant that cannot answer goes to the primary."""
@@ -57,12 +62,19 @@ class LiveRoute:
         return served
 
 
+@dataclass(frozen=True)
+class Deployed:
+    """A served model as the application was built: the reference its default route serves,
+    the version that reference pointed at then and its features, which fix the schema."""
+
+    ref: str
+    version: str  # "name/version"
+    features: FeatureSet
+
+
 @dataclass
 class Fleet:
-    """`deployed`: each served model's FeatureSet at build time, which fixes its schema."""
-
-    deployed: dict[str, FeatureSet]
-    alias: str
+    deployed: dict[str, Deployed]
     max_instances: int
     config: RouterConfig = field(default_factory=RouterConfig)
     routes: dict[str, LiveRoute] = field(default_factory=dict)
@@ -73,14 +85,14 @@ class Fleet:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self._schemas = {name: request_schema(fs) for name, fs in self.deployed.items()}
+        self._schemas = {name: request_schema(d.features) for name, d in self.deployed.items()}
         self.requests = {
-            name: request_models(fs.parsed_contract(), self.max_instances)[1]
-            for name, fs in self.deployed.items()
+            name: request_models(d.features.parsed_contract(), self.max_instances)[1]
+            for name, d in self.deployed.items()
         }
 
     def route_config(self, name: str) -> Route:
-        return self.config.routes.get(name) or default_route(name, self.alias)
+        return self.config.routes.get(name) or default_route(self.deployed[name].ref)
 
     def apply(self, config: RouterConfig) -> None:
         """Load what the config names and swap every route in (Serve's `reconfigure`)."""
@@ -108,7 +120,7 @@ class Fleet:
 
     def _swap(self, routes: dict[str, LiveRoute]) -> None:
         self.routes = routes
-        in_use = {v for r in routes.values() for v in r.versions.values()}
+        in_use = {v for r in routes.values() for v in (*r.versions.values(), *r.serving.values())}
         self._models = {k: m for k, m in self._models.items() if k in in_use}
         self.stats = {k: s for k, s in self.stats.items() if k[0] in routes}
 
@@ -152,12 +164,23 @@ class Fleet:
                 held[config.shadow.name] = f"cannot resolve {config.shadow.model}: {e}"
         for variant, reason in held.items():
             logger.error("route %s, variant %s: %s", name, variant, reason)
-        if config.primary.name not in scorers:
-            raise RuntimeError(
-                f"route {name}: the primary {config.primary.model} cannot be served: "
-                f"{held[config.primary.name]}"
+        primary = config.primary.name
+        if primary not in scorers:
+            scorers[primary] = self._fallback(name)
+            logger.error(
+                "route %s: answering with %s instead", name, scorers[primary].model.version
             )
         return LiveRoute(name, config, self.requests[name], scorers, shadow, held, versions)
+
+    def _fallback(self, name: str) -> Scorer:
+        """What answers when the primary cannot: the version this replica serves now, else the
+        one the application was built with (a replica restarted after its alias moved)."""
+        live = self.routes.get(name)
+        if live is not None and self._schemas[name] == request_schema(
+            live.scorers[live.config.primary.name].model.features
+        ):
+            return live.scorers[live.config.primary.name]
+        return Scorer.of(self._load(self.deployed[name].version), self.config.threshold)
 
     # -- canaries ---------------------------------------------------------------------------
 

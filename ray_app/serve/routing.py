@@ -137,8 +137,9 @@ class RouterConfig(_Strict):
     poll_s: float = Field(5.0, gt=0, description="how often aliases are resolved again")
 
 
-def default_route(model_name: str, alias: str) -> Route:
-    return Route(variants=[Variant(name=PRIMARY, model=f"{model_name}@{alias}")])
+def default_route(ref: str) -> Route:
+    """What a model serves when no route is configured: the reference it was deployed with."""
+    return Route(variants=[Variant(name=PRIMARY, model=ref)])
 
 
 def choose(weights: dict[str, float], key: str | None) -> str:
