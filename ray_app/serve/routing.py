@@ -179,12 +179,14 @@ class VariantStats:
             self.score.append(mean_score)
 
     def summary(self) -> dict[str, float]:
-        latency = np.fromiter(self.latency_ms, float)
+        # list() copies a deque in one step: requests append to it from the event loop while
+        # the follower thread judges.
+        latency, score, error = (list(d) for d in (self.latency_ms, self.score, self.error))
         return {
-            "requests": len(self.error),
-            "error_rate": sum(self.error) / max(len(self.error), 1),
-            "p95_ms": float(np.percentile(latency, 95)) if len(latency) else 0.0,
-            "mean_score": float(np.mean(np.fromiter(self.score, float))) if self.score else 0.0,
+            "requests": len(error),
+            "error_rate": sum(error) / max(len(error), 1),
+            "p95_ms": float(np.percentile(latency, 95)) if latency else 0.0,
+            "mean_score": float(np.mean(score)) if score else 0.0,
         }
 
 
