@@ -294,7 +294,8 @@ class Router:
         self.score.observe(mean, tags=tags)
         request_id = http.headers.get("x-request-id") or uuid.uuid4().hex
         if top_k is None and route.shadow is not None:
-            self._mirror(route, variant, version, rows, listed, ms, request_id)
+            served = f"{scorer.model.name}/{version}"
+            self._mirror(route, variant, served, rows, listed, ms, request_id)
         answer = {"request_id": request_id, "variant": variant, **answer}
         return Response(json.dumps(answer), media_type="application/json")
 
