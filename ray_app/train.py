@@ -204,6 +204,24 @@ def _shown(resources: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU"))
 
 
+def wait_for(demand: dict[str, float], timeout_s: float, what: str) -> None:
+    """Wait until `demand` (e.g. {"CPU": 1}) is free on the cluster, at most `timeout_s`, then
+    stop naming what was asked and what was free: a request Ray cannot place would otherwise
+    stay pending with no message."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        free = ray.available_resources()
+        if all(free.get(k, 0) >= v for k, v in demand.items()):
+            return
+        if time.monotonic() >= deadline:
+            raise ResourcesUnavailable(
+                f"{what} asks for {_shown(demand)}; after {timeout_s:g}s the cluster has "
+                f"{_shown(free) or 'nothing'} free of {_shown(ray.cluster_resources())} "
+                "(Serve replicas and other jobs hold the rest)"
+            )
+        time.sleep(min(1.0, timeout_s / 10))
+
+
 def fit_to_cluster(cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
     """The training config sized to what the cluster can give now: with serving (or another
     job) holding part of it, each worker takes the whole CPUs that are free, up to

@@ -106,3 +106,20 @@ def test_training_that_cannot_be_placed_stops_in_time_saying_why(ray_session):
     message = str(err.value)
     assert "asks for 2 worker(s) x {CPU 1 to 2}" in message
     assert "the cluster has CPU 0.5, GPU 1 free of CPU 4" in message
+
+
+def test_a_search_trial_that_cannot_be_placed_stops_in_time_saying_why(ray_session):
+    import pytest
+    from ray.util.placement_group import remove_placement_group
+
+    from ray_app.train import ResourcesUnavailable, wait_for
+
+    group = _hold_cpus_leaving(0.5)
+    try:
+        with pytest.raises(
+            ResourcesUnavailable, match="each CPU trial of the search asks for CPU 1"
+        ):
+            wait_for({"CPU": 1.0}, 1, "each CPU trial of the search")
+    finally:
+        remove_placement_group(group)
+    wait_for({"CPU": 1.0}, 1, "each CPU trial of the search")  # free again: no wait

@@ -33,6 +33,7 @@ from ray_app.features import ModelData, prepare
 from ray_app.metrics import ROC_AUC, eval_key, test_key
 from ray_app.progress import Steps
 from ray_app.publish import lineage, publish
+from ray_app.train import wait_for
 from ray_app.tuning import space
 from ray_app.tuning.mlflow_trials import MLflowTrials, child_run
 from ray_app.tuning.trials import (
@@ -205,6 +206,10 @@ def search_prepared(
             f"[tune] search {name}: {search.num_samples} x {search.algorithm}, "
             f"{'distributed' if distributed else 'single-process'} trials, MLflow parent {parent}"
         )
+    # Training beside serving: a trial that cannot be placed stops the search with a message
+    # instead of pending (a distributed trial's driver needs little; its workers need a CPU).
+    cpus = 1.0 if distributed else float(search.resources.cpus_per_trial)
+    wait_for({"CPU": cpus}, cfg.train.placement_timeout_s, "each CPU trial of the search")
     results = tuner.fit()
     return _finish(cfg, search, contract, results, prepared, snap, path, parent, step)
 
