@@ -285,7 +285,8 @@ def history(
     alias: Annotated[str | None, typer.Option(help="only this alias")] = None,
     config: ConfigOption = Path("configs/pipeline.yaml"),
 ) -> None:
-    """Every recorded alias move of a model: when, which versions, why, by whom."""
+    """Every recorded alias move of a model (when, which versions, why, by whom), then its
+    serving rollouts (deploys, switches, canary steps, rollbacks, promotions)."""
     from ray_app import registry, tracking
 
     name = _model_name(config, model)
@@ -295,6 +296,9 @@ def history(
             f"{m.when}  {m.alias:<11} {m.from_version or '-':>4} -> {m.to_version:<4} "
             f"by {m.by:<10} data {m.dataset_version or '-'}  {m.reason}"
         )
+    if alias is None:
+        for e in registry.rollout_history(name):
+            typer.echo(f"{e.when}  {e.action:<18} by {e.by:<10} {e.reason}")
 
 
 @contract_app.command("infer")

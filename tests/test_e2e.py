@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 import requests
-from conftest import API_KEY
+from conftest import API_KEY, wait_healthy
 from mlflow.tracking import MlflowClient
 from ray import serve
 from typer.testing import CliRunner
@@ -314,8 +314,13 @@ def test_a_version_with_another_request_schema_waits_for_a_redeploy(result, serv
         # A replica Serve restarts now finds the alias on the other contract: it must serve
         # the deployed version, not the one its schema cannot validate for.
         killed = _kill_replicas("Router")
-        route = _route_health(service, name, lambda r: r["held_back"], timeout_s=90)
-        assert route["serving"]["primary"] == _named(result), (killed, route)
+        route = _route_health(
+            service,
+            name,
+            lambda r: r["held_back"] and not any(r["replica"] in k for k in killed),
+            timeout_s=90,
+        )
+        assert route["serving"]["primary"] == route["deployed"], (killed, route)
         answer = api.post(f"{service}/predict", json=sample, timeout=30)
         assert answer.status_code == 200, answer.text
     finally:
@@ -330,8 +335,9 @@ def _route_health(url: str, name: str, until, timeout_s: float = 30) -> dict:
     while time.monotonic() < deadline:
         try:
             seen = requests.get(f"{url}/healthz", timeout=10).json()
-            if until(seen["models"][name]):
-                return {**seen["models"][name], "status": seen["status"]}
+            route = {**seen["models"][name], "status": seen["status"], "replica": seen["replica"]}
+            if until(route):
+                return route
         except (requests.RequestException, ValueError, KeyError):
             pass
         time.sleep(0.5)
@@ -440,6 +446,7 @@ def test_overload_is_shed_with_429_and_retry_after_never_500(result, service, ap
     app = router.bind(ShadowScorer.options(name="BusyShadow").bind(), {"models": [name]}, served)
     serve.run(app, name="busy", route_prefix="/busy")
     try:
+        wait_healthy(f"{service}/busy")  # the proxy learns new routes a moment after the run
         body = {"instances": sample_request(name)["instances"] * 100}
 
         def call(_: int) -> tuple[int, str | None, float]:

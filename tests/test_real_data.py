@@ -40,6 +40,7 @@ def test_two_models_answer_side_by_side_from_one_application(telco, result, serv
     """The churn model (production) and the Telco model (version 1: the gate kept it out of
     production, so it is served by version) from one application, each validated by its
     own contract."""
+    from conftest import wait_healthy
     from ray import serve
 
     from ray_app.model.loaded import sample_request
@@ -50,6 +51,7 @@ def test_two_models_answer_side_by_side_from_one_application(telco, result, serv
         app_builder({"models": [result.model_name, telco_ref]}), name="many", route_prefix="/many"
     )
     try:
+        wait_healthy(f"{service}/many")  # the proxy learns new routes a moment after the run
         url = f"{service}/many/v1/models"
         churn_body, telco_body = sample_request(result.model_name), sample_request(telco_ref)
         churn = api.post(f"{url}/{result.model_name}:predict", json=churn_body, timeout=30)

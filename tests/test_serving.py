@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 import xgboost as xgb
-from conftest import OTHER_KEY
+from conftest import OTHER_KEY, wait_healthy
 from typer.testing import CliRunner
 
 from ray_app import pipeline, registry, tracking
@@ -92,6 +92,7 @@ def test_each_key_has_its_own_rate_limit_answered_with_retry_after(result, servi
     args = {"models": [result.model_name], "auth": {"rate_per_s": 0.2, "burst": 2}}
     serve.run(app_builder(args), name="limited", route_prefix="/limited")
     try:
+        wait_healthy(f"{service}/limited")  # the proxy learns new routes a moment after the run
         body = sample_request(result.model_name)
         codes = [api.post(f"{service}/limited/predict", json=body, timeout=30) for _ in range(3)]
         assert [r.status_code for r in codes] == [200, 200, 429]
@@ -169,6 +170,8 @@ def test_blue_green_switch_and_rollback_under_load_fail_no_request(
     assert load_.codes[200] > 20 and set(load_.codes) == {200}, load_.codes
     actions = [e.action for e in registry.rollout_history(name)]
     assert actions[-3:] == ["bluegreen-start", "bluegreen-switch", "bluegreen-rollback"]
+    shown = CliRunner().invoke(cli, ["history", "--model", name]).output
+    assert "bluegreen-switch" in shown and f"all traffic to {name}/{candidate}" in shown
 
 
 def test_canary_is_sticky_steps_up_and_promotes_itself_through_the_registry(

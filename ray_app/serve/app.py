@@ -201,6 +201,7 @@ class Router:
         )
         self.mirror = Mirror(shadow, self.args.mirror_flush_s, self.args.mirror_max_items, dropped)
         self.reload_error: str | None = None
+        self.replica = serve.get_replica_context().replica_id.unique_id  # which one answered
         self._stop = threading.Event()
         self._follower = threading.Thread(target=self._follow, daemon=True)
         self._follower.start()
@@ -343,6 +344,7 @@ class Router:
             canary = route.config.canary
             stopped = canary is not None and fleet.canary_stopped(name, canary)
             routes[name] = {
+                "deployed": fleet.deployed[name].version,
                 "strategy": route.config.strategy,
                 "serving": route.serving,
                 "weights": route.weights(now, stopped),
@@ -354,6 +356,7 @@ class Router:
         fallback = any(r.config.primary.name in r.held_back for r in fleet.routes.values())
         return {
             "status": "degraded" if self.reload_error or fallback else "ok",
+            "replica": self.replica,
             "reload_error": self.reload_error,
             "models": routes,
         }
