@@ -97,17 +97,22 @@ def api():
     session.close()
 
 
-def wait_healthy(url: str, timeout_s: float = 120) -> None:
+def wait_healthy(url: str, timeout_s: float = 120, api=None, body: dict | None = None) -> None:
+    """Until `url/healthz` answers 200 and, with `api` and `body`, `POST url/predict` is routed
+    to the app (not a 404): Serve's proxy learns a new application's route a moment after
+    `serve.run` returns, and not on every connection at once."""
     import requests
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+            if requests.get(f"{url}/healthz", timeout=5).status_code == 200 and (
+                api is None or api.post(f"{url}/predict", json=body, timeout=10).status_code != 404
+            ):
                 return
         except requests.RequestException:
             pass
-        assert time.monotonic() < deadline, f"{url} not healthy after {timeout_s}s"
+        assert time.monotonic() < deadline, f"{url} not serving after {timeout_s}s"
         time.sleep(0.5)
 
 

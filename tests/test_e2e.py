@@ -446,7 +446,7 @@ def test_overload_is_shed_with_429_and_retry_after_never_500(result, service, ap
     app = router.bind(ShadowScorer.options(name="BusyShadow").bind(), {"models": [name]}, served)
     serve.run(app, name="busy", route_prefix="/busy")
     try:
-        wait_healthy(f"{service}/busy")  # the proxy learns new routes a moment after the run
+        wait_healthy(f"{service}/busy", api=api, body=sample_request(name))
         body = {"instances": sample_request(name)["instances"] * 100}
 
         def call(_: int) -> tuple[int, str | None, float]:

@@ -51,7 +51,7 @@ def test_two_models_answer_side_by_side_from_one_application(telco, result, serv
         app_builder({"models": [result.model_name, telco_ref]}), name="many", route_prefix="/many"
     )
     try:
-        wait_healthy(f"{service}/many")  # the proxy learns new routes a moment after the run
+        wait_healthy(f"{service}/many", api=api, body=sample_request(result.model_name))
         url = f"{service}/many/v1/models"
         churn_body, telco_body = sample_request(result.model_name), sample_request(telco_ref)
         churn = api.post(f"{url}/{result.model_name}:predict", json=churn_body, timeout=30)

@@ -10,6 +10,8 @@ import json
 import threading
 import time
 from collections import Counter
+from functools import partial
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -92,8 +94,9 @@ def test_each_key_has_its_own_rate_limit_answered_with_retry_after(result, servi
     args = {"models": [result.model_name], "auth": {"rate_per_s": 0.2, "burst": 2}}
     serve.run(app_builder(args), name="limited", route_prefix="/limited")
     try:
-        wait_healthy(f"{service}/limited")  # the proxy learns new routes a moment after the run
         body = sample_request(result.model_name)
+        unkeyed = SimpleNamespace(post=partial(api.post, headers={"Authorization": "Bearer x"}))
+        wait_healthy(f"{service}/limited", api=unkeyed, body=body)  # 401 spends no token
         codes = [api.post(f"{service}/limited/predict", json=body, timeout=30) for _ in range(3)]
         assert [r.status_code for r in codes] == [200, 200, 429]
         assert int(codes[2].headers["retry-after"]) >= 1 and "'tester'" in codes[2].text
