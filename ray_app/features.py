@@ -117,7 +117,7 @@ def encoder(fs: FeatureSet) -> Callable[[list[dict[str, Any]]], np.ndarray]:
 def _number(value: Any) -> float:
     try:
         return float(value)
-    except (TypeError, ValueError):  # what pd.to_numeric(errors="coerce") makes NaN
+    except (TypeError, ValueError, OverflowError):  # what pd.to_numeric(errors="coerce") makes NaN
         return np.nan
 
 

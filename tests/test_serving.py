@@ -199,14 +199,19 @@ def test_canary_is_sticky_steps_up_and_promotes_itself_through_the_registry(
         by_key[i] = variants.pop()
     assert set(by_key.values()) == {"primary", "canary"}, by_key  # at 50%, both serve
     deadline = time.monotonic() + 40
-    while registry.aliased_version(name) != candidate:
-        assert time.monotonic() < deadline, registry.rollout_history(name)[-3:]
-        time.sleep(0.5)
+    with Load(service, api, body):  # evidence: min_requests for each variant
+        while registry.aliased_version(name) != candidate:
+            assert time.monotonic() < deadline, registry.rollout_history(name)[-3:]
+            time.sleep(0.5)
     [promotion] = [m for m in registry.alias_history(name) if m.reason.startswith("canary")][-1:]
     assert (promotion.from_version, promotion.to_version) == (primary, candidate)
     assert promotion.gate_report  # through the gate's move, with the gate's report
     events = [e for e in registry.rollout_history(name) if e.action.startswith("canary")]
     assert [e.action for e in events[-2:]] == ["canary-start", "canary-promote"]
+    route = _until(service, name, lambda r: r["serving"]["primary"] == f"{name}/{candidate}")
+    assert route["weights"]["primary"] == 100  # ended: the primary follows production
+    rollout("--rollback")  # undoes the promotion too
+    assert registry.aliased_version(name) == primary
 
 
 def _shifted_version(name: str) -> str:

@@ -75,7 +75,7 @@ class AppArgs(BaseModel):
     store: str | None = Field(None, description="data store for shadow records")
     auth: AuthArgs = AuthArgs()
     mirror_flush_s: float = Field(0.25, gt=0, description="how often shadow batches leave")
-    mirror_max_items: int = Field(5000, ge=1, description="buffered requests; more are dropped")
+    mirror_max_rows: int = Field(50_000, ge=1, description="buffered rows; more are dropped")
 
 
 def _invalid(exc: ValidationError | RequestValidationError) -> JSONResponse:
@@ -125,22 +125,23 @@ class Mirror:
     """Answered requests on their way to the shadow: buffered (bounded) and sent in batches by
     a background task, so no request waits for the shadow and a slow one only drops batches."""
 
-    def __init__(self, shadow: DeploymentHandle, flush_s: float, max_items: int, dropped: Counter):
-        self.shadow, self.flush_s, self.max_items, self.dropped = (
+    def __init__(self, shadow: DeploymentHandle, flush_s: float, max_rows: int, dropped: Counter):
+        self.shadow, self.flush_s, self.max_rows, self.dropped = (
             shadow,
             flush_s,
-            max_items,
+            max_rows,
             dropped,
         )
         self.items: dict[tuple[str, str, str, float], list[dict[str, Any]]] = {}
         self.size, self.task = 0, None
 
     def add(self, route: str, shadow: tuple[str, str, float], item: dict[str, Any]) -> None:
-        if self.size >= self.max_items:
+        rows = len(item["rows"])
+        if self.size + rows > self.max_rows:
             self.dropped.inc(1, tags={"model": route, "reason": "buffer full"})
             return
         self.items.setdefault((route, *shadow), []).append(item)
-        self.size += 1
+        self.size += rows
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -199,7 +200,7 @@ class Router:
         dropped = Counter(
             "rayapp_shadow_dropped", "Mirrored requests not scored", tag_keys=("model", "reason")
         )
-        self.mirror = Mirror(shadow, self.args.mirror_flush_s, self.args.mirror_max_items, dropped)
+        self.mirror = Mirror(shadow, self.args.mirror_flush_s, self.args.mirror_max_rows, dropped)
         self.reload_error: str | None = None
         self.replica = serve.get_replica_context().replica_id.unique_id  # which one answered
         self._stop = threading.Event()
@@ -212,13 +213,14 @@ class Router:
     def _follow(self) -> None:
         """Aliases resolved again every `poll_s`; canaries judged, stopped or promoted."""
         while not self._stop.wait(self.fleet.config.poll_s):
-            try:
-                self.fleet.refresh()
-                self.fleet.judge(time.time())
-                self.reload_error = None
-            except Exception as e:  # the registry may be briefly unreachable: keep serving
-                self.reload_error = f"{type(e).__name__}: {e}"[:500]
-                logger.exception("could not refresh the routes")
+            errors = []
+            for step in (self.fleet.refresh, lambda: self.fleet.judge(time.time())):
+                try:  # each on its own: a failed refresh must not stop a canary's judgement
+                    step()
+                except Exception as e:  # the registry may be briefly unreachable: keep serving
+                    errors.append(f"{type(e).__name__}: {e}")
+                    logger.exception("could not refresh the routes or judge a canary")
+            self.reload_error = "; ".join(errors)[:500] or None
 
     def check_health(self) -> None:
         """Serve replaces a replica whose follower died: it would serve stale versions and
@@ -243,6 +245,7 @@ class Router:
         """401 without a valid key, 429 with Retry-After past the key's rate."""
         if not self.args.auth.required:
             return
+        model = model if model in self.fleet.routes else "unknown"  # bounded metric tags
         who = self.keys.identify(http.headers.get("authorization"))
         if who is None:
             self.refused.inc(1, tags={"model": model, "code": "401"})
@@ -269,10 +272,11 @@ class Router:
             self.refused.inc(1, tags={"model": name, "code": "422"})
             return _invalid(e)
         rows = records(request)
-        variant = self._variant(route, http, rows)
+        variant, pinned = self._variant(route, http, rows)
         scorer = route.scorers[variant]
         version = str(scorer.model.version)
         tags = {"model": name, "variant": variant, "version": version}
+        judged = top_k is None and not pinned  # a canary is judged on its weighted predictions
         start = time.perf_counter()
         try:
             if top_k is not None:
@@ -282,13 +286,15 @@ class Router:
             else:
                 answer = scorer.predict(rows)
         except Exception:
-            self.fleet.observe(name, variant, (time.perf_counter() - start) * 1000, None)
             self.requests.inc(1, tags={**tags, "code": "500"})
+            if judged:
+                self.fleet.observe(name, variant, (time.perf_counter() - start) * 1000, None)
             raise
         ms = (time.perf_counter() - start) * 1000
         listed = answer["explanations" if top_k is not None else "predictions"]
         mean = sum(p["probability"] for p in listed) / len(listed)
-        self.fleet.observe(name, variant, ms, mean)
+        if judged:
+            self.fleet.observe(name, variant, ms, mean)
         self.requests.inc(1, tags={**tags, "code": "200"})
         self.rows.inc(len(rows), tags=tags)
         self.latency.observe(ms, tags=tags)
@@ -300,23 +306,25 @@ class Router:
         answer = {"request_id": request_id, "variant": variant, **answer}
         return Response(json.dumps(answer), media_type="application/json")
 
-    def _variant(self, route: LiveRoute, http: Request, rows: list[dict[str, Any]]) -> str:
-        """The variant a header pins, else one chosen by weight, sticky by the routing key
-        (the header, else the first row's id)."""
+    def _variant(
+        self, route: LiveRoute, http: Request, rows: list[dict[str, Any]]
+    ) -> tuple[str, bool]:
+        """The variant a header pins (and True), else one chosen by weight, sticky by the
+        routing key (the header, else the first row's id)."""
         pinned = http.headers.get(VARIANT_HEADER)
         if pinned is not None:
             if pinned not in route.scorers:
                 raise HTTPException(
                     404, f"variant {pinned!r} is not served; served: {sorted(route.scorers)}"
                 )
-            return pinned
+            return pinned, True
         canary = route.config.canary
         stopped = canary is not None and self.fleet.canary_stopped(route.name, canary)
         key = http.headers.get(KEY_HEADER)
         id_column = route.scorers[route.config.primary.name].model.contract.id_column
         if key is None and id_column is not None and rows[0].get(id_column) is not None:
             key = str(rows[0][id_column])
-        return choose(route.weights(time.time(), stopped), key)
+        return choose(route.weights(time.time(), stopped), key), False
 
     def _mirror(self, route, variant, version, rows, listed, ms, request_id) -> None:
         config = route.config.shadow

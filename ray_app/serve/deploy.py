@@ -23,7 +23,9 @@ from ray_app.model.ref import ModelRef
 from ray_app.serve.routing import (
     BLUEGREEN,
     CANARY,
+    ENDINGS,
     PRIMARY,
+    PROMOTE,
     SHADOW,
     SINGLE,
     Canary,
@@ -67,6 +69,7 @@ class Running:
                 if k in ("host", "port", "root_path", "request_timeout_s", "keep_alive_timeout_s")
             },
             # apps started with serve.run have no config to put back; they are left alone
+            "target_capacity": details.get("target_capacity"),
             "applications": [
                 a["deployed_app_config"] for a in apps.values() if a.get("deployed_app_config")
             ],
@@ -145,7 +148,8 @@ def start(
 ) -> Route:
     """A new rollout of `candidate` beside what serves `model` now."""
     current = running.route(model)
-    if current.strategy == CANARY or (current.strategy == BLUEGREEN and _blue_live(current)):
+    live_canary = current.canary is not None and not _ended(model, current.canary)
+    if live_canary or (current.strategy == BLUEGREEN and _blue_live(current)):
         live = current.strategy
         raise DeployError(
             f"{model} has a {live} rollout in progress; finish it (--switch) or roll it back "
@@ -170,6 +174,7 @@ def start(
             step_s=step_s,
             started_at=time.time(),
             promote=promote,
+            production=registry.aliased_version(model, registry.PRODUCTION),
         )
         route = Route(
             strategy=CANARY,
@@ -197,6 +202,14 @@ def start(
         route.model_dump(mode="json"),
     )
     return route
+
+
+def _ended(model: str, canary: Canary) -> str | None:
+    """The recorded end of a canary rollout (rolled back, promoted, abandoned), if any."""
+    for event in registry.rollout_history(model):
+        if event.rollout_id == canary.rollout_id and event.action in ENDINGS:
+            return event.action
+    return None
 
 
 def _live(route: Route) -> Variant:
@@ -242,7 +255,11 @@ def rollback(running: Running, model: str, reason: str = "rollback by hand") -> 
     if route.strategy == BLUEGREEN and not _blue_live(route):
         blue, green = route.variants
         name, version = ModelRef.parse(blue.model).resolve()
-        if registry.aliased_version(name, registry.PRODUCTION) != version:
+        # production goes back only if the switch's move is still the latest (not a gate's)
+        if (
+            registry.aliased_version(name, registry.PRODUCTION)
+            == ModelRef.parse(green.model).resolve()[1]
+        ):
             registry.rollback(name, to=version)
         back = route.model_copy(
             update={
@@ -255,6 +272,11 @@ def rollback(running: Running, model: str, reason: str = "rollback by hand") -> 
         running.put(model, back)
         registry.record_rollout(model, "bluegreen-rollback", reason)
         return back
+    canary = route.canary
+    if canary is not None and _ended(model, canary) == PROMOTE and canary.production:
+        name, version = ModelRef.parse(route.variants[1].model).resolve()
+        if registry.aliased_version(name, registry.PRODUCTION) == version:
+            registry.rollback(name, to=canary.production)  # undo the canary's promotion
     running.put(model, None)  # back to the default route: <model>@production alone
     rollout = route.canary.rollout_id if route.canary else ""
     registry.record_rollout(model, f"{route.strategy}-rollback", reason, rollout)

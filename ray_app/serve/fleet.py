@@ -25,6 +25,10 @@ from ray_app.model.ref import ModelRef
 from ray_app.model.schema import request_models, request_schema
 from ray_app.model.scoring import Scorer
 from ray_app.serve.routing import (
+    ABANDON,
+    ENDINGS,
+    PROMOTE,
+    ROLLBACK,
     Canary,
     Route,
     RouterConfig,
@@ -34,7 +38,6 @@ from ray_app.serve.routing import (
 )
 
 logger = logging.getLogger("ray.serve")
-ROLLBACK, PROMOTE = "canary-rollback", "canary-promote"
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,6 @@ class Fleet:
     routes: dict[str, LiveRoute] = field(default_factory=dict)
     stats: dict[tuple[str, str], VariantStats] = field(default_factory=dict)
     stopped: dict[str, tuple[str, str]] = field(default_factory=dict)  # route -> (rollout, why)
-    promoted: set[str] = field(default_factory=set)  # rollout ids this replica saw promoted
     _models: dict[str, LoadedModel] = field(default_factory=dict)  # "name/version" -> model
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -103,8 +105,13 @@ class Fleet:
                 f"{sorted(self.deployed)}; add them to the application's args.models"
             )
         with self._lock:
+            before = {n: r.config.canary for n, r in self.routes.items()}
             self.config = config
             self._swap({name: self._build(name) for name in self.deployed})
+            for name, canary in before.items():  # a new rollout is judged on its own requests
+                now = self.routes[name].config.canary
+                if (canary and canary.rollout_id) != (now and now.rollout_id):
+                    self.stats = {k: v for k, v in list(self.stats.items()) if k[0] != name}
 
     def refresh(self) -> None:
         """Rebuild the routes whose aliases point elsewhere now (every `poll_s`)."""
@@ -122,7 +129,7 @@ class Fleet:
         self.routes = routes
         in_use = {v for r in routes.values() for v in (*r.versions.values(), *r.serving.values())}
         self._models = {k: m for k, m in self._models.items() if k in in_use}
-        self.stats = {k: s for k, s in self.stats.items() if k[0] in routes}
+        self.stats = {k: s for k, s in list(self.stats.items()) if k[0] in routes}
 
     @staticmethod
     def _resolve(config: Route) -> dict[str, str]:
@@ -185,69 +192,88 @@ class Fleet:
     # -- canaries ---------------------------------------------------------------------------
 
     def canary_stopped(self, name: str, canary: Canary) -> bool:
+        """Whether this rollout ended (rolled back, promoted or abandoned): all traffic then
+        goes to the primary, which follows production (the canary's version once promoted)."""
         return self.stopped.get(name, ("",))[0] == canary.rollout_id
 
     def observe(self, name: str, variant: str, latency_ms: float, mean_score: float | None) -> None:
         """One answered request (`mean_score` None: it failed), for the canary's judgement."""
         key = (name, variant)
-        if key not in self.stats:
+        stats = self.stats.get(key)
+        if stats is None:
             canary = self.routes[name].config.canary
-            window = canary.limits.window if canary else 1000
-            self.stats[key] = VariantStats(window)
-        self.stats[key].add(latency_ms, mean_score)
+            # No lock on the request path (apply holds it while loading models); the
+            # follower copies the dict before iterating, and a lost first entry is harmless.
+            stats = VariantStats(canary.limits.window if canary else 1000)
+            self.stats[key] = stats
+        stats.add(latency_ms, mean_score)
 
     def judge(self, now: float) -> None:
-        """Stop a canary that breaches its limits (here or on another replica), promote one
-        that finished its schedule cleanly."""
+        """Each route's canary: stop one that breaches its limits (here or on another
+        replica), promote one that finished its schedule cleanly with enough evidence. One
+        route's failure does not keep the others from being judged."""
+        failed = []
         for name, live in list(self.routes.items()):
             canary = live.config.canary
             if canary is None or self.canary_stopped(name, canary):
                 continue
-            if canary.rollout_id in self.promoted:
-                continue
-            recorded = self._recorded(name, canary)
-            if recorded is not None:
-                self.stopped[name] = (canary.rollout_id, recorded)
-                continue
-            primary, trial = (
-                self._summary(name, v) for v in (live.config.primary.name, canary.variant)
-            )
-            why = breach(primary, trial, canary.limits)
-            if why is not None:
-                self.stopped[name] = (canary.rollout_id, why)
-                registry.record_rollout(
-                    name, ROLLBACK, why, canary.rollout_id, {"primary": primary, "canary": trial}
-                )
-                logger.error("route %s: canary %s rolled back: %s", name, canary.variant, why)
-            elif canary.finished(now) and canary.promote:
-                self._promote(live, canary, primary, trial)
+            try:
+                self._judge(live, canary, now)
+            except Exception as e:  # the registry may be briefly unreachable
+                failed.append(f"{name}: {type(e).__name__}: {e}")
+                logger.exception("could not judge the canary of %s", name)
+        if failed:
+            raise RuntimeError("; ".join(failed))
+
+    def _judge(self, live: LiveRoute, canary: Canary, now: float) -> None:
+        name = live.name
+        ended = self._recorded(name, canary)
+        if ended is not None:
+            self.stopped[name] = (canary.rollout_id, ended)
+            return
+        primary, trial = (
+            self._summary(name, v) for v in (live.config.primary.name, canary.variant)
+        )
+        why = breach(primary, trial, canary.limits)
+        if why is not None:
+            self._end(name, canary, ROLLBACK, why, {"primary": primary, "canary": trial})
+            logger.error("route %s: canary %s rolled back: %s", name, canary.variant, why)
+            return
+        enough = min(primary["requests"], trial["requests"]) >= canary.limits.min_requests
+        servable = canary.variant in live.scorers
+        if canary.finished(now) and canary.promote and enough and servable:
+            self._promote(live, canary, primary, trial)
+
+    def _end(self, name: str, canary: Canary, action: str, why: str, detail: object = None) -> None:
+        self.stopped[name] = (canary.rollout_id, why)
+        registry.record_rollout(name, action, why, canary.rollout_id, detail)
 
     def _summary(self, name: str, variant: str) -> dict[str, float]:
         stats = self.stats.get((name, variant))
         return stats.summary() if stats else VariantStats(1).summary()
 
-    def _recorded(self, name: str, canary: Canary) -> str | None:
-        """A rollback of this rollout that another replica recorded."""
+    @staticmethod
+    def _recorded(name: str, canary: Canary) -> str | None:
+        """How this rollout ended, if a replica (this one before a restart, or another)
+        recorded it: a rolled back or promoted canary is never judged again."""
         for event in reversed(registry.rollout_history(name)):
-            if event.rollout_id == canary.rollout_id and event.action == ROLLBACK:
-                return event.reason
+            if event.rollout_id == canary.rollout_id and event.action in ENDINGS:
+                return f"{event.action}: {event.reason}"
         return None
 
     def _promote(self, live: LiveRoute, canary: Canary, primary: dict, trial: dict) -> None:
-        """`production` to the canary's version through the registry's gate move, only if the
-        gate passed that version and production still holds the primary's version."""
-        self.promoted.add(canary.rollout_id)
-        target = live.versions.get(canary.variant, "")
-        model, _, version = target.partition("/")
-        expected = live.versions[live.config.primary.name].partition("/")[2]
+        """`production` to the canary's version through the registry's gate move: only a
+        version the gate passed, and only from the version production held when the rollout
+        started (a gate that moved it meanwhile wins; the canary is abandoned)."""
+        model, _, version = live.versions[canary.variant].partition("/")
         if registry.aliased_version(model, registry.PRODUCTION) == version:
-            return  # another replica promoted it
+            return  # another replica is recording its promotion
         report = registry.gate_report(model, version)
         if report is None:
-            why = f"{target} never passed the gate; it stays a canary at full weight"
-            registry.record_rollout(live.name, PROMOTE, why, canary.rollout_id)
-            logger.error("route %s: not promoted: %s", live.name, why)
+            why = f"{model}/{version} never passed the gate; not promoted"
+            self._end(live.name, canary, ABANDON, why)
             return
+        expected = canary.production or live.versions[live.config.primary.name].partition("/")[2]
         reason = (
             f"canary {canary.variant} passed steps {canary.steps} over "
             f"{canary.step_s * len(canary.steps):.0f} s: {trial} against {primary}"
@@ -255,7 +281,8 @@ class Fleet:
         try:
             registry.promote(model, registry.PRODUCTION, version, reason, report, expected)
         except registry.ConcurrentMoveError as e:
-            registry.record_rollout(live.name, PROMOTE, f"not promoted: {e}", canary.rollout_id)
+            self._end(live.name, canary, ABANDON, f"not promoted: {e}")
             return
-        registry.record_rollout(live.name, PROMOTE, reason, canary.rollout_id)
-        logger.info("route %s: production is now %s", live.name, target)
+        self._end(live.name, canary, PROMOTE, reason)
+        logger.info("route %s: production is now %s/%s", live.name, model, version)
+        self.refresh()  # the primary follows production to the canary's version now

@@ -25,6 +25,9 @@ BLUEGREEN, CANARY, SHADOW, SINGLE = "bluegreen", "canary", "shadow", "single"
 PRIMARY = "primary"
 VARIANT_HEADER = "x-rayapp-variant"  # pins a request to a named variant (smoke tests)
 KEY_HEADER = "x-routing-key"  # sticky canary choice; else the row's id column
+# How a canary rollout ends, as recorded on the registered model; an ended one is not judged.
+ROLLBACK, PROMOTE, ABANDON = "canary-rollback", "canary-promote", "canary-abandoned"
+ENDINGS = (ROLLBACK, PROMOTE, ABANDON)
 
 
 class _Strict(BaseModel):
@@ -52,6 +55,9 @@ class CanaryLimits(_Strict):
     max_p95_ratio: float = Field(2.0, ge=1, description="canary p95 / primary p95")
     min_p95_increase_ms: float = Field(5.0, ge=0, description="a smaller slowdown is noise")
     max_mean_score_shift: float = Field(0.15, ge=0, description="relative change of mean score")
+    score_floor: float = Field(
+        0.05, gt=0, description="the shift is relative to at least this mean (rare positives)"
+    )
 
 
 class Canary(_Strict):
@@ -60,6 +66,10 @@ class Canary(_Strict):
     step_s: float = Field(300.0, gt=0, description="time at each step")
     started_at: float = Field(description="epoch seconds; the schedule counts from here")
     promote: bool = Field(True, description="move production to the canary after the last step")
+    production: str | None = Field(
+        None,
+        description="the version production held at the start; promotion moves it only from there",
+    )
     limits: CanaryLimits = CanaryLimits()
 
     @model_validator(mode="after")
@@ -70,7 +80,7 @@ class Canary(_Strict):
 
     @property
     def rollout_id(self) -> str:
-        return f"{self.variant}@{self.started_at:.0f}"
+        return f"{self.variant}@{self.started_at:.6f}"
 
     def weight(self, now: float) -> float:
         """The canary's percent at `now`: 0 before the start, then each step for `step_s`."""
@@ -207,7 +217,7 @@ def breach(primary: dict[str, float], canary: dict[str, float], limits: CanaryLi
             f"p95 latency {canary['p95_ms']:.1f} ms against the primary's "
             f"{primary['p95_ms']:.1f} ms (limit x{limits.max_p95_ratio})"
         )
-    base = max(abs(primary["mean_score"]), 1e-9)
+    base = max(abs(primary["mean_score"]), limits.score_floor)
     shift = abs(canary["mean_score"] - primary["mean_score"]) / base
     if shift > limits.max_mean_score_shift:
         return (

@@ -31,6 +31,24 @@ from ray_app.model.scoring import Scorer
 
 logger = logging.getLogger("ray.serve")
 FOLDER = "shadow"
+SCHEMA = pa.schema(
+    [
+        ("time", pa.float64()),
+        ("request_id", pa.string()),
+        ("row", pa.int64()),
+        ("primary_variant", pa.string()),
+        ("primary_version", pa.string()),
+        ("primary_probability", pa.float64()),
+        ("primary_label", pa.string()),
+        ("primary_latency_ms", pa.float64()),
+        ("shadow_variant", pa.string()),
+        ("shadow_version", pa.string()),
+        ("shadow_probability", pa.float64()),
+        ("shadow_label", pa.string()),
+        ("shadow_latency_ms", pa.float64()),
+        ("shadow_error", pa.string()),
+    ]
+)
 
 
 @serve.deployment(
@@ -101,7 +119,8 @@ def write(store: DataStore, route: str, rows: list[dict[str, Any]]) -> None:
     folder = store.path(FOLDER, route, f"date={day}")
     store.fs.create_dir(folder, recursive=True)
     name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), posixpath.join(folder, name), filesystem=store.fs)
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)  # typed even when a batch is all errors
+    pq.write_table(table, posixpath.join(folder, name), filesystem=store.fs)
 
 
 def report(store: DataStore, route: str, since: float | None = None) -> dict[str, Any]:
