@@ -116,6 +116,18 @@ def wait_healthy(url: str, timeout_s: float = 120, api=None, body: dict | None =
         time.sleep(0.5)
 
 
+def kill_replicas(deployment: str) -> list[str]:
+    """Kill every replica of a Serve deployment (Serve starts new ones); their actor names."""
+    import ray
+
+    named = ray.util.list_named_actors(all_namespaces=True)
+    replicas = [a for a in named if f"#{deployment}#" in a["name"] and "REPLICA" in a["name"]]
+    for actor in replicas:
+        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+    assert replicas, [a["name"] for a in named]
+    return [a["name"] for a in replicas]
+
+
 @pytest.fixture(scope="session")
 def service(result, dashboard):
     """serve_config.yaml deployed as `serve deploy` does (Serve's config API), on a free port,

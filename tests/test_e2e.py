@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 import requests
-from conftest import API_KEY, wait_healthy
+from conftest import API_KEY, kill_replicas, wait_healthy
 from mlflow.tracking import MlflowClient
 from ray import serve
 from typer.testing import CliRunner
@@ -313,7 +313,7 @@ def test_a_version_with_another_request_schema_waits_for_a_redeploy(result, serv
         assert answer.status_code == 200 and answer.json()["model_version"] == serving.version
         # A replica Serve restarts now finds the alias on the other contract: it must serve
         # the deployed version, not the one its schema cannot validate for.
-        killed = _kill_replicas("Router")
+        killed = kill_replicas("Router")
         route = _route_health(
             service,
             name,
@@ -342,17 +342,6 @@ def _route_health(url: str, name: str, until, timeout_s: float = 30) -> dict:
             pass
         time.sleep(0.5)
     raise AssertionError(f"/healthz never showed what was waited for; last: {seen}")
-
-
-def _kill_replicas(deployment: str) -> list[str]:
-    import ray
-
-    named = ray.util.list_named_actors(all_namespaces=True)
-    replicas = [a for a in named if f"#{deployment}#" in a["name"] and "REPLICA" in a["name"]]
-    for actor in replicas:
-        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
-    assert replicas, [a["name"] for a in named]
-    return [a["name"] for a in replicas]
 
 
 def _wait_for_version(api, url: str, body: dict, version: str, timeout_s: float = 30) -> None:

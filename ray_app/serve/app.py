@@ -40,10 +40,12 @@ from ray.serve.metrics import Counter, Histogram
 
 from ray_app import registry, tracking
 from ray_app.config import rayapp_home
+from ray_app.data.store import open_store
 from ray_app.features import FeatureSet
 from ray_app.model.loaded import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.schema import MAX_INSTANCES, ExplainResponse, PredictResponse, records
+from ray_app.monitor.predictions import Answered, Flusher, PredictionLog
 from ray_app.serve.auth import ENV_KEYS, ApiKeys, RateLimiter
 from ray_app.serve.fleet import Deployed, Fleet, LiveRoute
 from ray_app.serve.routing import KEY_HEADER, VARIANT_HEADER, RouterConfig, choose
@@ -65,6 +67,14 @@ class AuthArgs(BaseModel):
     burst: int = Field(100, ge=1)
 
 
+class LogArgs(BaseModel):
+    """The prediction log (`ray_app.monitor.predictions`): written off the request path."""
+
+    enabled: bool = True
+    flush_s: float = Field(1.0, gt=0, description="a killed replica loses at most this much")
+    max_rows: int = Field(100_000, ge=1, description="buffered rows; more are answered unlogged")
+
+
 class AppArgs(BaseModel):
     """Arguments of the application, from `serve_config.yaml` (`args:`)."""
 
@@ -74,6 +84,7 @@ class AppArgs(BaseModel):
     max_body_bytes: int = Field(10 * 2**20, ge=1024)  # larger bodies get 413, unread
     store: str | None = Field(None, description="data store for shadow records")
     auth: AuthArgs = AuthArgs()
+    prediction_log: LogArgs = LogArgs()
     mirror_flush_s: float = Field(0.25, gt=0, description="how often shadow batches leave")
     mirror_max_rows: int = Field(50_000, ge=1, description="buffered rows; more are dropped")
 
@@ -201,6 +212,19 @@ class Router:
             "rayapp_shadow_dropped", "Mirrored requests not scored", tag_keys=("model", "reason")
         )
         self.mirror = Mirror(shadow, self.args.mirror_flush_s, self.args.mirror_max_rows, dropped)
+        self.logs: dict[str, PredictionLog] = {}
+        if self.args.prediction_log.enabled:
+            store, kept = open_store(self.args.store), self.args.prediction_log
+            self.logs = {
+                name: PredictionLog(
+                    store, name, d.features.parsed_contract(), kept.max_rows, kept.flush_s
+                )
+                for name, d in served.items()
+            }
+        self.flusher = Flusher(list(self.logs.values()), self.args.prediction_log.flush_s)
+        self.unlogged = Counter(
+            "rayapp_unlogged_rows", "Rows answered but not logged (buffer full)", ("model",)
+        )
         self.reload_error: str | None = None
         self.replica = serve.get_replica_context().replica_id.unique_id  # which one answered
         self._stop = threading.Event()
@@ -229,7 +253,9 @@ class Router:
             raise RuntimeError("the alias follower stopped")
 
     def __del__(self) -> None:
+        """Serve's graceful shutdown: stop following, write the rest of the log."""
         self._stop.set()
+        self.flusher.stop()
 
     # -- the request path -------------------------------------------------------------------
 
@@ -300,8 +326,16 @@ class Router:
         self.latency.observe(ms, tags=tags)
         self.score.observe(mean, tags=tags)
         request_id = http.headers.get("x-request-id") or uuid.uuid4().hex
+        served = f"{scorer.model.name}/{version}"
+        if name in self.logs:
+            probabilities = [p["probability"] for p in listed]
+            labels = [p["label"] for p in listed]
+            answered = Answered(
+                time.time(), request_id, variant, served, rows, probabilities, labels, ms
+            )
+            if not self.logs[name].add(answered):
+                self.unlogged.inc(len(rows), tags={"model": name})
         if top_k is None and route.shadow is not None:
-            served = f"{scorer.model.name}/{version}"
             self._mirror(route, variant, served, rows, listed, ms, request_id)
         answer = {"request_id": request_id, "variant": variant, **answer}
         return Response(json.dumps(answer), media_type="application/json")
@@ -362,9 +396,14 @@ class Router:
                 "canary_stopped": fleet.stopped[name][1] if stopped else None,
             }
         fallback = any(r.config.primary.name in r.held_back for r in fleet.routes.values())
+        logged = {
+            name: {"written_rows": log.written_rows, "unlogged_rows": log.dropped_rows}
+            for name, log in self.logs.items()
+        }
         return {
             "status": "degraded" if self.reload_error or fallback else "ok",
             "replica": self.replica,
+            "prediction_log": {"models": logged, "error": self.flusher.error},
             "reload_error": self.reload_error,
             "models": routes,
         }

@@ -1,0 +1,1 @@
+"""Watching served models: the prediction log (drift and the retraining loop build on it)."""

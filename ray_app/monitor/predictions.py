@@ -1,0 +1,181 @@
+"""The prediction log: every answered row, kept for drift, delayed labels and lineage.
+
+The router hands each answered request to `PredictionLog.add` (a list append, nothing more)
+and a background thread writes what gathered every `flush_s` seconds as Parquet under
+`<store>/predictions/model=<name>/date=YYYY-MM-DD/hour=HH/`, one file per flush and hour, so
+Ray Data and pyarrow read it as a hive-partitioned dataset. The buffer is bounded in rows (past
+it, requests are answered but not logged, and counted); a graceful shutdown flushes it; a
+killed replica loses at most the last `flush_s` seconds.
+
+A row holds the model's input columns with their contract types, the non-feature columns the
+client sent (id, sensitive), and the answer: `_time`, `_request_id`, `_row`, `_variant`,
+`_model_version`, `_probability`, `_label`, `_latency_ms` (the request's scoring time).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import posixpath
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ray_app.data.contract import Contract
+from ray_app.data.store import DataStore
+
+logger = logging.getLogger(__name__)
+FOLDER = "predictions"
+ANSWER = [
+    ("_time", pa.timestamp("us", tz="UTC")),
+    ("_request_id", pa.string()),
+    ("_row", pa.int32()),
+    ("_variant", pa.string()),
+    ("_model_version", pa.string()),
+    ("_probability", pa.float64()),
+    ("_label", pa.string()),
+    ("_latency_ms", pa.float64()),
+]
+_ARROW = {
+    "integer": pa.int64(),
+    "float": pa.float64(),
+    "string": pa.string(),
+    "category": pa.string(),
+    "date": pa.date32(),
+    "boolean": pa.bool_(),
+}
+
+
+def schema(contract: Contract) -> pa.Schema:
+    """The log's columns for a model: what clients send (typed by the contract), then the
+    answer."""
+    sent = [*contract.input_columns, *contract.passthrough_columns]
+    columns = [(name, _ARROW.get(contract.columns[name].type, pa.string())) for name in sent]
+    return pa.schema([*columns, *ANSWER])
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One answered request, as the router hands it over (expanded to rows when written)."""
+
+    time: float
+    request_id: str
+    variant: str
+    version: str
+    rows: list[dict[str, Any]]
+    probabilities: list[float]
+    labels: list[Any]
+    latency_ms: float
+
+
+class PredictionLog:
+    def __init__(
+        self, store: DataStore, model: str, contract: Contract, max_rows: int, flush_s: float
+    ):
+        self.store, self.model, self.max_rows, self.flush_s = store, model, max_rows, flush_s
+        self.schema = schema(contract)
+        self.pending: list[Answered] = []
+        self.pending_rows = 0
+        self.dropped_rows = 0
+        self.written_rows = 0
+        self._write_lock = threading.Lock()  # the flusher and a shutdown flush never interleave
+
+    def add(self, answered: Answered) -> bool:
+        """Queue one answered request; False (and counted) when the buffer is full."""
+        if self.pending_rows + len(answered.rows) > self.max_rows:
+            self.dropped_rows += len(answered.rows)
+            return False
+        self.pending.append(answered)
+        self.pending_rows += len(answered.rows)
+        return True
+
+    def flush(self) -> int:
+        """Write what is queued, one file per hour it spans; returns the rows written."""
+        with self._write_lock:
+            # One assignment: a request appending meanwhile lands in one list or the other.
+            batch, self.pending = self.pending, []
+            self.pending_rows = 0
+            if not batch:
+                return 0
+            by_hour: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for answered in batch:
+                when = dt.datetime.fromtimestamp(answered.time, dt.timezone.utc)
+                rows = by_hour.setdefault((f"{when.date()}", f"{when.hour:02d}"), [])
+                for i, row in enumerate(answered.rows):
+                    rows.append(
+                        {
+                            **row,
+                            "_time": when,
+                            "_request_id": answered.request_id,
+                            "_row": i,
+                            "_variant": answered.variant,
+                            "_model_version": answered.version,
+                            "_probability": answered.probabilities[i],
+                            "_label": str(answered.labels[i]),
+                            "_latency_ms": answered.latency_ms,
+                        }
+                    )
+            for (day, hour), rows in by_hour.items():
+                self._write(day, hour, rows)
+            written = sum(len(rows) for rows in by_hour.values())
+            self.written_rows += written
+            return written
+
+    def _write(self, day: str, hour: str, rows: list[dict[str, Any]]) -> None:
+        folder = self.store.path(FOLDER, f"model={self.model}", f"date={day}", f"hour={hour}")
+        self.store.fs.create_dir(folder, recursive=True)
+        name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        pq.write_table(table, posixpath.join(folder, name), filesystem=self.store.fs)
+
+
+class Flusher:
+    """A daemon thread that flushes the logs every `flush_s`, and once more when stopped."""
+
+    def __init__(self, logs: list[PredictionLog], flush_s: float):
+        self.logs, self.flush_s = logs, flush_s
+        self.stop_event = threading.Event()
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="prediction-log")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(self.flush_s):
+            self.flush()
+
+    def flush(self) -> None:
+        for log in self.logs:
+            try:
+                log.flush()
+                self.error = None
+            except Exception as e:  # the store may be briefly unreachable: keep serving
+                self.error = f"{type(e).__name__}: {e}"[:500]
+                logger.exception("could not write the prediction log of %s", log.model)
+
+    def stop(self) -> None:
+        """Graceful shutdown: stop the thread and write what is left."""
+        self.stop_event.set()
+        self.flush()
+
+
+def read(store: DataStore, model: str, since: dt.datetime | None = None) -> pa.Table:
+    """The logged predictions of a model (from `since`, when given), as one table."""
+    where = store.path(FOLDER, f"model={model}")
+    if store.fs.get_file_info(where).type == pafs.FileType.NotFound:
+        return schema_less_empty()
+    data = pads.dataset(where, filesystem=store.fs, format="parquet", partitioning="hive")
+    if since is None:
+        return data.to_table()
+    return data.to_table(filter=pads.field("_time") >= pa.scalar(since, pa.timestamp("us", "UTC")))
+
+
+def schema_less_empty() -> pa.Table:
+    """No log yet: the answer columns, no rows."""
+    return pa.table({name: pa.array([], kind) for name, kind in ANSWER})
