@@ -13,6 +13,7 @@ real annotation.
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import socket
@@ -85,6 +86,22 @@ def _wait(url: str, timeout_s: float = 180) -> None:
     raise RuntimeError(f"{url} did not answer in {timeout_s:.0f}s")
 
 
+def _wait_for_log(base: str, enabled: bool, timeout_s: float = 120) -> None:
+    """Until the redeployed router answers with the prediction log on (or off)."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            health = requests.get(f"{base}/healthz", timeout=2).json()
+            if bool(health["prediction_log"]["models"]) == enabled:
+                return
+        except (requests.RequestException, ValueError, KeyError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the router did not come back with the log {'on' if enabled else 'off'}")
+
+
 def bare_app(folder: Path):
     """The router's scoring path (request model, compiled features, `Scorer`, JSON bytes out)
     in one FastAPI process: no Serve, no variants, no auth, no metrics."""
@@ -125,6 +142,7 @@ def _measure(base: str, bodies: dict[int, list[bytes]], seconds: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--router-replicas", type=int, default=2)
     parser.add_argument("--bare", nargs=2, metavar=("PORT", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
@@ -216,12 +234,29 @@ def main() -> None:
     config = yaml.safe_load(Path("serve_config.yaml").read_text())  # as shipped
     config["http_options"]["port"] = serve_port
     config["applications"][0]["args"]["models"] = [MODEL]
+    # A fixed replica count: the autoscaler would change it between cells, and so the ratios.
+    router = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Router")
+    router.pop("autoscaling_config", None)
+    router["num_replicas"] = args.router_replicas
     client = ServeSubmissionClient(dashboard)
     client.deploy_applications(config)
     base = f"http://127.0.0.1:{serve_port}"
     try:
         _wait(f"{base}/healthz")
         serve_figures = _measure(base, bodies, args.seconds)
+        # The same app without the prediction log (issue 14: logging may cost under 10%).
+        unlogged = copy.deepcopy(config)
+        unlogged["applications"][0]["args"]["prediction_log"] = {"enabled": False}
+        client.deploy_applications(unlogged)
+        _wait_for_log(base, False)
+        not_logged = {}
+        for rows_n in (1, 100):
+            asyncio.run(_load(f"{base}/predict", bodies[rows_n], 8, 2))
+            not_logged[rows_n] = asyncio.run(
+                _load(f"{base}/predict", bodies[rows_n], 8, args.seconds)
+            )
+        client.deploy_applications(config)
+        _wait_for_log(base, True)
         # Every request mirrored to a shadow (`rayapp deploy --strategy shadow`): the client's
         # figures must not move beyond noise.
         shadow = Route(
@@ -242,7 +277,7 @@ def main() -> None:
     c = Comparison(
         "http_serving",
         "POST /predict through the Ray Serve app (HAProxy ingress, Router scoring in-process, "
-        "API key checked, metrics on)",
+        "API key checked, metrics and prediction log on)",
         "bare uvicorn + FastAPI app with the same request schema and Scorer, one process",
         [1 / serve_figures[one]["rps"]],
         [1 / bare_figures[one]["rps"]],
@@ -250,6 +285,7 @@ def main() -> None:
             "serve": serve_figures,
             "bare": bare_figures,
             "shadowed": shadowed,
+            "not_logged": not_logged,
             "seconds": args.seconds,
         },
     )
@@ -268,6 +304,13 @@ def main() -> None:
         table.append((f"{label}: Serve app", cell(serve_figures[key])))
         ratio = serve_figures[key]["rps"] / bare_figures[key]["rps"]
         table.append((f"{label}: Serve / bare throughput", f"{ratio:.2f}"))
+    for rows_n in (1, 100):
+        label = f"{rows_n} row{'s' if rows_n > 1 else ''}, 8 connections"
+        table.append((f"{label}: Serve app, prediction log off", cell(not_logged[rows_n])))
+        ratio = serve_figures[f"{rows_n}x8"]["rps"] / not_logged[rows_n]["rps"]
+        table.append(
+            (f"{label}: prediction log on / off throughput (goal >= 0.90)", f"{ratio:.2f}")
+        )
     table.append(("1 row, 8 connections: Serve app, every request shadowed", cell(shadowed)))
     table.append(
         (

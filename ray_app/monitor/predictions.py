@@ -104,36 +104,38 @@ class PredictionLog:
             self.pending_rows = 0
             if not batch:
                 return 0
-            by_hour: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            by_hour: dict[tuple[str, str], list[Answered]] = {}
             for answered in batch:
                 when = dt.datetime.fromtimestamp(answered.time, dt.timezone.utc)
-                rows = by_hour.setdefault((f"{when.date()}", f"{when.hour:02d}"), [])
-                for i, row in enumerate(answered.rows):
-                    rows.append(
-                        {
-                            **row,
-                            "_time": when,
-                            "_request_id": answered.request_id,
-                            "_row": i,
-                            "_variant": answered.variant,
-                            "_model_version": answered.version,
-                            "_probability": answered.probabilities[i],
-                            "_label": str(answered.labels[i]),
-                            "_latency_ms": answered.latency_ms,
-                        }
-                    )
-            for (day, hour), rows in by_hour.items():
-                self._write(day, hour, rows)
-            written = sum(len(rows) for rows in by_hour.values())
+                by_hour.setdefault((f"{when.date()}", f"{when.hour:02d}"), []).append(answered)
+            written = 0
+            for (day, hour), answers in by_hour.items():
+                written += self._write(day, hour, answers)
             self.written_rows += written
             return written
 
-    def _write(self, day: str, hour: str, rows: list[dict[str, Any]]) -> None:
+    def _write(self, day: str, hour: str, answers: list[Answered]) -> int:
+        """One Parquet file of these requests' rows, built column by column."""
+        columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        sent = [n for n in self.schema.names if not n.startswith("_")]
+        for a in answers:
+            n = len(a.rows)
+            for name in sent:
+                columns[name].extend(row.get(name) for row in a.rows)
+            columns["_time"] += [dt.datetime.fromtimestamp(a.time, dt.timezone.utc)] * n
+            columns["_request_id"] += [a.request_id] * n
+            columns["_row"] += range(n)
+            columns["_variant"] += [a.variant] * n
+            columns["_model_version"] += [a.version] * n
+            columns["_probability"] += a.probabilities
+            columns["_label"] += [str(label) for label in a.labels]
+            columns["_latency_ms"] += [a.latency_ms] * n
         folder = self.store.path(FOLDER, f"model={self.model}", f"date={day}", f"hour={hour}")
         self.store.fs.create_dir(folder, recursive=True)
         name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        table = pa.Table.from_pylist(rows, schema=self.schema)
+        table = pa.Table.from_pydict(columns, schema=self.schema)
         pq.write_table(table, posixpath.join(folder, name), filesystem=self.store.fs)
+        return table.num_rows
 
 
 class Flusher:
