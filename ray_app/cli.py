@@ -515,6 +515,38 @@ def shadow_report(
     typer.echo(json.dumps(report(open_store(store), model, start), indent=2))
 
 
+@app.command()
+def monitor(
+    model: Annotated[str, typer.Option(help="served model name")] = "churn_model",
+    config: Annotated[Path, typer.Option(help="thresholds and window")] = Path(
+        "configs/monitor.yaml"
+    ),
+    window_s: Annotated[
+        float | None, typer.Option(help="judge the last SECONDS of the log (default: config's)")
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option(help="data store URI (default: $RAYAPP_HOME/data)")
+    ] = None,
+) -> None:
+    """Drift of the production version's recent traffic against its training data (features,
+    predictions, data quality); Evidently's report and the verdict go to MLflow."""
+    from ray_app.data.store import open_store
+    from ray_app.monitor.drift import load_monitor_config, run
+
+    cfg = load_monitor_config(config)
+    if window_s is not None:
+        cfg = cfg.model_copy(update={"window_s": window_s})
+    summary = run(model, cfg, open_store(store))
+    typer.echo(
+        f"[monitor] {summary.model} v{summary.version}: {summary.verdict} "
+        f"({summary.rows} rows since {summary.window_from})"
+    )
+    for reason in summary.reasons:
+        typer.echo(f"  - {reason}")
+    if summary.mlflow_run_id:
+        typer.echo(f"[monitor] report: MLflow run {summary.mlflow_run_id} (monitor/drift.html)")
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[

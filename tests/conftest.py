@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ DASHBOARD_PORT = free_port()
 def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Point every store at a temporary folder before anything imports Ray or MLflow."""
     home = tmp_path_factory.mktemp("rayapp_home")
+    haproxy = tempfile.mkdtemp(prefix="hap")  # short: HAProxy's socket path is at most 97
     os.environ.update(
         {
             "RAYAPP_HOME": str(home),
@@ -44,6 +46,15 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "AWS_EC2_METADATA_DISABLED": "true",
             # Serve replicas started by this session inherit the keys.
             "RAYAPP_API_KEYS": f"tester:{API_KEY},other:{OTHER_KEY}",
+            # Serve's HAProxy ingress, as `make run` and the RayService run it, with its
+            # ports and files this session's own (a `make run` cluster may be up beside it).
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{haproxy}/haproxy.cfg",
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{haproxy}/admin.sock",
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": haproxy,
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{haproxy}/server-state",
         }
     )
     return home

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import ray.data
+import requests
 from conftest import kill_replicas, wait_healthy
 from ray.data.datasource import Partitioning
 
@@ -72,7 +73,9 @@ def test_a_killed_router_loses_at_most_the_flush_interval(result, service, api):
     wait_healthy(service, api=api, body=body)
     assert set(_logged(name, before, timeout_s=5)) == before
     after = f"after-{uuid.uuid4().hex}"
-    api.post(f"{service}/predict", json=body, headers={"X-Request-ID": after}, timeout=30)
+    # A new connection: HAProxy reloads when replicas change and closes idle ones it held.
+    headers = {"X-Request-ID": after, "Authorization": api.headers["Authorization"]}
+    requests.post(f"{service}/predict", json=body, headers=headers, timeout=30)
     assert set(_logged(name, {after})) == {after}  # the new replica logs too
 
 

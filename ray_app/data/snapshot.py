@@ -143,8 +143,9 @@ def read_snapshot(snap: Snapshot) -> ray.data.Dataset:
     )
 
 
-def head(snap: Snapshot, rows: int) -> pd.DataFrame:
-    """The first rows of a snapshot, read straight from Parquet: a Ray job costs seconds."""
+def parquet(snap: Snapshot):  # -> pyarrow.dataset.Dataset
+    """The snapshot's Parquet files (not the reports beside them) as a pyarrow dataset, for
+    reads too small to be worth a Ray job."""
     import pyarrow.dataset as pads
     import pyarrow.fs as pafs
 
@@ -154,5 +155,9 @@ def head(snap: Snapshot, rows: int) -> pd.DataFrame:
         for info in snap.store.fs.get_file_info(pafs.FileSelector(folder))
         if info.path.endswith(".parquet")
     )
-    dataset = pads.dataset(files, filesystem=snap.store.fs, format="parquet")
-    return dataset.head(rows).to_pandas()
+    return pads.dataset(files, filesystem=snap.store.fs, format="parquet")
+
+
+def head(snap: Snapshot, rows: int) -> pd.DataFrame:
+    """The first rows of a snapshot, read straight from Parquet: a Ray job costs seconds."""
+    return parquet(snap).head(rows).to_pandas()
