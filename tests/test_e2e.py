@@ -257,7 +257,9 @@ def test_versions_lists_the_snapshot(result):
     assert out.exit_code == 0 and result.dataset_version in out.output and "20,000" in out.output
 
 
-@pytest.mark.parametrize("job, option", [("pipeline", "--data"), ("tune", "--resume")])
+@pytest.mark.parametrize(
+    "job, option", [("pipeline", "--data"), ("tune", "--resume"), ("monitor", "--window-s")]
+)
 def test_job_entry_points_parse_their_arguments(job, option):
     out = subprocess.run(
         [sys.executable, f"jobs/{job}.py", "--help"],
