@@ -21,7 +21,7 @@ CLUSTER_ENV := RAY_AUTH_MODE=token
 # (bench/RESULTS.md). Read by the cluster's processes, so it is set when the head starts.
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 
-.PHONY: help install run cluster pipeline tune deploy test bench lint stop mlflow-ui
+.PHONY: help install run cluster pipeline tune deploy test tools bench lint stop mlflow-ui
 
 help:
 	@echo "make run    - install, start a local Ray cluster, run the pipeline, serve the model"
@@ -70,9 +70,21 @@ deploy: cluster
 
 run: pipeline deploy
 
-test: install
+test: install tools
 	$(BIN)/ruff check ray_app jobs tests bench
 	$(BIN)/pytest
+
+# Prometheus's own promtool checks and unit-tests monitoring/alerts.yml: taken from Debian's
+# `prometheus` package (extracted, nothing installed or started) unless one is on PATH.
+tools: .tools/bin/promtool
+
+.tools/bin/promtool:
+	@mkdir -p .tools/bin
+	@if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $@; \
+	elif command -v apt-get >/dev/null && (cd .tools && apt-get download -q prometheus >/dev/null 2>&1); then \
+	  dpkg-deb -x .tools/prometheus_*.deb .tools/deb && mv .tools/deb/usr/bin/promtool $@ && \
+	  rm -rf .tools/deb .tools/prometheus_*.deb; \
+	else echo "[tools] no promtool (no Debian package here): the alert-rule tests will skip"; fi
 
 bench: install
 	$(BIN)/python -m bench.train_bench

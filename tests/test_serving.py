@@ -296,12 +296,14 @@ def test_metrics_per_variant_leave_through_rays_prometheus_endpoint(
     body = sample_request(result.model_name)
     for _ in range(5):
         assert api.post(f"{service}/predict", json=body, timeout=10).status_code == 200
+    from test_alerts import metric_names
+
     port = ray_session.nodes()[0]["MetricsExportPort"]
     wanted = {
         "ray_rayapp_requests",  # the parser drops _total from counter family names
         "ray_rayapp_latency_ms",
         "ray_rayapp_score",
-        "ray_serve_num_http_requests",
+        *metric_names(),  # every metric monitoring/alerts.yml reads
     }
     deadline, found = time.monotonic() + 60, {}
     while time.monotonic() < deadline:

@@ -36,7 +36,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 from ray_app import registry, tracking
 from ray_app.config import rayapp_home
@@ -222,8 +222,12 @@ class Router:
                 for name, d in served.items()
             }
         self.flusher = Flusher(list(self.logs.values()), self.args.prediction_log.flush_s)
-        self.unlogged = Counter(
-            "rayapp_unlogged_rows", "Rows answered but not logged (buffer full)", ("model",)
+        # A gauge, set by the follower: exported (at 0) before anything is lost, so alerts
+        # and dashboards can name it from the start.
+        self.unlogged = Gauge(
+            "rayapp_unlogged_rows",
+            "Rows answered but not logged (buffer full) since the replica started",
+            tag_keys=("model",),
         )
         self.reload_error: str | None = None
         self.replica = serve.get_replica_context().replica_id.unique_id  # which one answered
@@ -237,6 +241,8 @@ class Router:
     def _follow(self) -> None:
         """Aliases resolved again every `poll_s`; canaries judged, stopped or promoted."""
         while not self._stop.wait(self.fleet.config.poll_s):
+            for name, log in self.logs.items():
+                self.unlogged.set(log.dropped_rows, tags={"model": name})
             errors = []
             for step in (self.fleet.refresh, lambda: self.fleet.judge(time.time())):
                 try:  # each on its own: a failed refresh must not stop a canary's judgement
@@ -333,8 +339,7 @@ class Router:
             answered = Answered(
                 time.time(), request_id, variant, served, rows, probabilities, labels, ms
             )
-            if not self.logs[name].add(answered):
-                self.unlogged.inc(len(rows), tags={"model": name})
+            self.logs[name].add(answered)
         if top_k is None and route.shadow is not None:
             self._mirror(route, variant, served, rows, listed, ms, request_id)
         answer = {"request_id": request_id, "variant": variant, **answer}
