@@ -81,7 +81,8 @@ tools: .tools/bin/promtool
 .tools/bin/promtool:
 	@mkdir -p .tools/bin
 	@if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $@; \
-	elif command -v apt-get >/dev/null && (cd .tools && apt-get download -q prometheus >/dev/null 2>&1); then \
+	elif command -v apt-get >/dev/null && (cd .tools && { apt-get download -q prometheus || \
+	    { apt-get update -q && apt-get download -q prometheus; }; } >/dev/null 2>&1); then \
 	  dpkg-deb -x .tools/prometheus_*.deb .tools/deb && mv .tools/deb/usr/bin/promtool $@ && \
 	  rm -rf .tools/deb .tools/prometheus_*.deb; \
 	else echo "[tools] no promtool (no Debian package here): the alert-rule tests will skip"; fi
