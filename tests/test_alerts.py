@@ -1,5 +1,6 @@
 """The alert rules, checked and unit-tested by Prometheus's own promtool (monitoring/)."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "monitoring" / "alerts.yml"
+DASHBOARD = ROOT / "monitoring" / "grafana_dashboard.json"
 
 
 def promtool() -> str:
@@ -20,8 +22,10 @@ def promtool() -> str:
 
 
 def metric_names() -> set[str]:
-    """The metric families the rules read (histogram and counter suffixes dropped)."""
+    """The metric families the rules and the dashboard read (histogram and counter suffixes
+    dropped, as the Prometheus text parser names families)."""
     exprs = [r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    exprs += [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
     names = set()
     for name in re.findall(r"\b(ray_[a-z_]+)", " ".join(exprs)):
         names.add(re.sub(r"_(bucket|sum|count|total)$", "", name))
@@ -53,3 +57,12 @@ def test_the_rules_name_the_four_alerts_of_the_design():
         "RayAppLowTraffic",
     } <= alerts
     assert {"ray_rayapp_requests", "ray_serve_deployment_processing_latency_ms"} <= metric_names()
+
+
+def test_the_dashboard_shows_throughput_errors_latency_and_scores_per_variant():
+    dashboard = json.loads(DASHBOARD.read_text())
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for topic in ("requests/s", "error rate", "latency", "mean prediction"):
+        assert topic in titles
+    per_variant = [p for p in dashboard["panels"] if "variant" in json.dumps(p["targets"])]
+    assert len(per_variant) >= 4

@@ -296,6 +296,7 @@ def test_metrics_per_variant_leave_through_rays_prometheus_endpoint(
     body = sample_request(result.model_name)
     for _ in range(5):
         assert api.post(f"{service}/predict", json=body, timeout=10).status_code == 200
+    assert requests.post(f"{service}/predict", json=body, timeout=10).status_code == 401
     from test_alerts import metric_names
 
     port = ray_session.nodes()[0]["MetricsExportPort"]
