@@ -217,6 +217,14 @@ def _live(route: Route) -> Variant:
     return max(route.variants, key=lambda v: v.weight)
 
 
+def _live_on(route: Route, colour: str) -> Route:
+    """The blue/green route with all traffic on `colour`."""
+    variants = [
+        v.model_copy(update={"weight": 100 if v.name == colour else 0}) for v in route.variants
+    ]
+    return route.model_copy(update={"variants": variants})
+
+
 def _blue_live(route: Route) -> bool:
     return route.variants[0].weight == 100
 
@@ -231,14 +239,7 @@ def switch(running: Running, model: str) -> Route:
     expected = ModelRef.parse(blue.model).resolve()[1]
     if registry.aliased_version(name, registry.PRODUCTION) != version:
         registry.promote(name, registry.PRODUCTION, version, "blue/green switch", report, expected)
-    switched = route.model_copy(
-        update={
-            "variants": [
-                blue.model_copy(update={"weight": 0}),
-                green.model_copy(update={"weight": 100}),
-            ]
-        }
-    )
+    switched = _live_on(route, green.name)
     running.put(model, switched)
     registry.record_rollout(model, "bluegreen-switch", f"all traffic to {green.model}")
     return switched
@@ -261,14 +262,7 @@ def rollback(running: Running, model: str, reason: str = "rollback by hand") -> 
             == ModelRef.parse(green.model).resolve()[1]
         ):
             registry.rollback(name, to=version)
-        back = route.model_copy(
-            update={
-                "variants": [
-                    blue.model_copy(update={"weight": 100}),
-                    green.model_copy(update={"weight": 0}),
-                ]
-            }
-        )
+        back = _live_on(route, blue.name)
         running.put(model, back)
         registry.record_rollout(model, "bluegreen-rollback", reason)
         return back
