@@ -39,6 +39,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock -e ".[dev]"
 	@touch $@
 
+# A new head answers `ray job list` before its job agent can take jobs: a no-op job is
+# submitted until one is accepted (the first `make pipeline` once failed without this).
 cluster: install
 	@mkdir -p $(RAYAPP_HOME)
 	@if $(CLUSTER_ENV) $(BIN)/ray job list --address $(DASHBOARD) >/dev/null 2>&1; then \
@@ -47,6 +49,10 @@ cluster: install
 	  $(CLUSTER_ENV) $(BIN)/ray get-auth-token --generate >/dev/null && \
 	  PATH="$(CURDIR)/$(BIN):$$PATH" $(CLUSTER_ENV) $(BIN)/ray start --head --node-ip-address 127.0.0.1 \
 	    --dashboard-host 127.0.0.1 --dashboard-port 8265 --disable-usage-stats >/dev/null && \
+	  for i in $$(seq 30); do \
+	    $(CLUSTER_ENV) $(BIN)/ray job submit --address $(DASHBOARD) --no-wait -- true \
+	      >/dev/null 2>&1 && break; sleep 2; \
+	  done && \
 	  echo "[cluster] started a local Ray head; dashboard $(DASHBOARD)"; \
 	fi
 
