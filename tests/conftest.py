@@ -98,6 +98,22 @@ def result(ray_session, pipeline_config):
 
 
 @pytest.fixture(scope="session")
+def gates_without_margin(pipeline_config):
+    """The shipped gates with the champion margin at 0: a second version trained on the same
+    data passes, for tests that need one beside production (the shipped margin refuses it)."""
+    from ray_app.evaluate.gate import Gates, load_gates
+
+    gates = load_gates(pipeline_config.gates)
+    entries = {
+        name: limits.model_copy(
+            update={"champion": limits.champion.model_copy(update={"min_improvement": 0.0})}
+        )
+        for name, limits in gates.entries.items()
+    }
+    return Gates(gates.path, entries)
+
+
+@pytest.fixture(scope="session")
 def api():
     """An HTTP client that sends the service's API key."""
     import requests

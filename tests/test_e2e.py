@@ -272,9 +272,14 @@ def test_job_entry_points_parse_their_arguments(job, option):
 
 
 def test_rollback_moves_production_back_and_the_service_follows(
-    result, service, pipeline_config, api
+    result, service, pipeline_config, api, gates_without_margin
 ):
-    newer = pipeline.run(pipeline_config, data_version=result.dataset_version, log=lambda m: None)
+    newer = pipeline.run(
+        pipeline_config,
+        data_version=result.dataset_version,
+        log=lambda m: None,
+        gates=gates_without_margin,
+    )
     assert newer.promoted
     moves = registry.alias_history(result.model_name, registry.PRODUCTION)
     assert moves[-1].to_version == newer.model_version and moves[-1].reason.startswith("gate")

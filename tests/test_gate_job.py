@@ -133,6 +133,17 @@ def test_slow_model_fails_latency_in_the_gate_and_the_report_says_why(
     assert html.escape(failed[0].reason) in render_html(report)
 
 
+def test_a_retrain_that_changes_nothing_does_not_move_production(good, cfg):
+    """Same data, config and seed: an identical model, registered, gated, and kept out of
+    production by the champion margin (configs/gates.yaml)."""
+    again = pipeline.run(cfg, data_version=good.dataset_version, log=print)
+    assert not again.promoted and again.aliases == []
+    assert registry.aliased_version(MODEL) == good.model_version
+    assert len(again.gate_reasons) == 1, again.gate_reasons
+    assert "champion: roc_auc" in again.gate_reasons[0]
+    assert "(change +0.0000, needs +0.0020)" in again.gate_reasons[0]
+
+
 def test_regating_production_judges_its_training_split_and_moves_nothing(good, cfg):
     other = cfg.data.model_copy(update={"split": SplitConfig(train=0.5, valid=0.25, test=0.25)})
     history = registry.alias_history(MODEL)

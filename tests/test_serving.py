@@ -31,12 +31,13 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def candidate(result, pipeline_config) -> str:
+def candidate(result, pipeline_config, gates_without_margin) -> str:
     """A second version that passed the gate (staging) while production stayed put."""
     run = pipeline.run(
         pipeline_config,
         data_version=result.dataset_version,
         log=lambda m: None,
+        gates=gates_without_margin,
         confirm=lambda report: False,
     )
     assert registry.gate_report(run.model_name, run.model_version), run.gate_reasons
