@@ -3,7 +3,8 @@
 This is the only module that names churn columns; everything else reads them from the
 contract. Rows are produced in fixed-size chunks, each from its own `[seed, chunk]` random
 stream, so the output is identical for a seed whatever the file size or format, and memory
-stays bounded at 10M rows. Knobs inject drift (shifted distributions, a different churn rate)
+stays bounded at 10M rows. Knobs inject drift (shifted distributions, a different churn rate,
+changed effects of features on churn)
 and corruption (nulls, negative amounts, future dates, swapped columns, numbers as strings) so
 that monitoring and validation can be exercised on purpose.
 """
@@ -38,12 +39,33 @@ NUMERIC_COLUMNS = (
 DEFAULT_CHURN_RATE = 0.25
 
 
+# Weights of the churn log-odds' terms (`_logit`); `Drift.effects` changes them: concept drift,
+# where the same customer churns at another rate, which only a retrained model can follow.
+EFFECTS = {
+    "login": 2.2,  # log1p(days since last login)
+    "tickets": 0.9,  # support tickets (x1.6 on the basic plan, x0.8 otherwise)
+    "frequency": -1.8,  # sqrt(purchase frequency)
+    "tenure": -1.6,  # tanh(tenure years / 2)
+    "age": 0.003,  # (age - 45)^2
+    "charge": 0.03,  # monthly charge above 60
+    "south": 0.6,  # customers in the south region
+}
+
+
 @dataclass(frozen=True)
 class Drift:
-    """Shift named numeric columns by a constant and/or change the class balance."""
+    """Shift named numeric columns by a constant (covariate drift), change the class balance,
+    and/or change how features drive churn (`effects`: concept drift)."""
 
     shift: dict[str, float] = field(default_factory=dict)
     churn_rate: float = DEFAULT_CHURN_RATE
+    effects: dict[str, float] = field(default_factory=dict)
+
+    def weights(self) -> tuple[tuple[str, float], ...]:
+        unknown = sorted(set(self.effects) - set(EFFECTS))
+        if unknown:
+            raise ValueError(f"drift effects: unknown term(s) {unknown}; use {sorted(EFFECTS)}")
+        return tuple({**EFFECTS, **self.effects}.items())
 
 
 @dataclass(frozen=True)
@@ -91,30 +113,33 @@ def _features(rng: np.random.Generator, n: int, shift: dict[str, float]) -> pd.D
     return df
 
 
-def _logit(df: pd.DataFrame, noise: np.ndarray) -> np.ndarray:
+def _logit(
+    df: pd.DataFrame, noise: np.ndarray, weights: tuple[tuple[str, float], ...]
+) -> np.ndarray:
     """Churn log-odds: non-linear in the features, with noise so no model reaches AUC 1.0."""
+    w = dict(weights)
     tenure_years = (df["last_login"] - df["signup_date"]).dt.days.to_numpy() / 365.0
     basic = (df["plan"] == "basic").to_numpy()
     return (
-        2.2 * np.log1p(df["days_since_last_login"].to_numpy())
-        + 0.9 * df["support_tickets"].to_numpy() * np.where(basic, 1.6, 0.8)
-        - 1.8 * np.sqrt(df["purchase_frequency"].to_numpy())
-        - 1.6 * np.tanh(tenure_years / 2.0)
-        + 0.003 * (df["age"].to_numpy() - 45.0) ** 2
-        + 0.03 * np.maximum(df["monthly_charge"].to_numpy() - 60.0, 0.0)
-        + np.where((df["region"] == "south").to_numpy(), 0.6, 0.0)
+        w["login"] * np.log1p(df["days_since_last_login"].to_numpy())
+        + w["tickets"] * df["support_tickets"].to_numpy() * np.where(basic, 1.6, 0.8)
+        + w["frequency"] * np.sqrt(df["purchase_frequency"].to_numpy())
+        + w["tenure"] * np.tanh(tenure_years / 2.0)
+        + w["age"] * (df["age"].to_numpy() - 45.0) ** 2
+        + w["charge"] * np.maximum(df["monthly_charge"].to_numpy() - 60.0, 0.0)
+        + w["south"] * (df["region"] == "south").to_numpy()
         + noise
     )
 
 
 @lru_cache(maxsize=8)
-def _intercept(churn_rate: float) -> float:
+def _intercept(churn_rate: float, weights: tuple[tuple[str, float], ...]) -> float:
     """Intercept that gives `churn_rate` on a fixed reference sample (bisection)."""
     if not 0.0 < churn_rate < 1.0:
         raise ValueError(f"churn_rate must be in (0, 1), got {churn_rate}")
     rng = np.random.default_rng([0, 0])
     ref = _features(rng, 50_000, {})
-    z = _logit(ref, rng.normal(0, 0.6, len(ref)))
+    z = _logit(ref, rng.normal(0, 0.6, len(ref)), weights)
     lo, hi = -30.0, 30.0
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -126,7 +151,8 @@ def _intercept(churn_rate: float) -> float:
 def _chunk(seed: int, index: int, n: int, drift: Drift) -> pd.DataFrame:
     rng = np.random.default_rng([seed, index])
     df = _features(rng, n, drift.shift)
-    z = _logit(df, rng.normal(0, 0.6, n)) + _intercept(drift.churn_rate)
+    weights = drift.weights()
+    z = _logit(df, rng.normal(0, 0.6, n), weights) + _intercept(drift.churn_rate, weights)
     df["churned"] = (rng.random(n) < 1.0 / (1.0 + np.exp(-z))).astype(np.int64)
     start = index * CHUNK_ROWS
     df.insert(0, "customer_id", [f"C{i:09d}" for i in range(start, start + n)])
