@@ -349,6 +349,9 @@ def synth_command(
     seed: Annotated[int, typer.Option(help="random seed: same seed, same file")] = 42,
     shift: Annotated[list[str], typer.Option(help="drift: COLUMN=DELTA")] = [],  # noqa: B006
     churn_rate: Annotated[float | None, typer.Option(help="drift: class balance")] = None,
+    effect: Annotated[
+        list[str], typer.Option(help="concept drift: TERM=WEIGHT of the churn odds (synth.EFFECTS)")
+    ] = [],  # noqa: B006
     nulls: Annotated[list[str], typer.Option(help="corruption: COLUMN=FRACTION")] = [],  # noqa: B006
     negative_amounts: Annotated[
         float, typer.Option(help="corruption: fraction of negative charges")
@@ -365,7 +368,9 @@ def synth_command(
     from ray_app.data import synth
 
     drift = synth.Drift(
-        shift=_pairs(shift, "--shift"), churn_rate=churn_rate or synth.DEFAULT_CHURN_RATE
+        shift=_pairs(shift, "--shift"),
+        churn_rate=churn_rate or synth.DEFAULT_CHURN_RATE,
+        effects=_pairs(effect, "--effect"),
     )
     corruption = synth.Corruption(
         nulls=_pairs(nulls, "--nulls"),
@@ -547,6 +552,52 @@ def monitor(
         typer.echo(f"[monitor] report: MLflow run {summary.mlflow_run_id} (monitor/drift.html)")
 
 
+@app.command()
+def retrain(
+    config: Annotated[Path, typer.Option(help="retrain config")] = Path("configs/retrain.yaml"),
+    data: Annotated[
+        str | None, typer.Option(help="new labelled data (default: the config's)")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="say what would be done and why; do nothing")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="retrain even if nothing calls for it")] = False,
+    watch: Annotated[
+        bool, typer.Option(help="check every watch.every_s, retrain when due")
+    ] = False,
+    address: AddressOption = None,
+) -> None:
+    """Retrain the served model when its schedule, drift or live quality calls for it: validate
+    the new data, train, gate against production on it, and roll out a canary."""
+    from ray_app import retrain as loop
+    from ray_app.config import ConfigError
+    from ray_app.runtime import init_ray
+
+    try:
+        cfg = loop.load_retrain_config(config)
+    except (ConfigError, ValueError) as e:
+        raise typer.BadParameter(str(e), param_hint="'--config'") from None
+    if watch:
+        init_ray(address)
+        loop.watch(cfg, data, log=typer.echo)
+        return
+    decision = loop.decide(cfg, data, force)
+    loop.report(decision, typer.echo)
+    if dry_run:
+        for i, line in enumerate(decision.plan(cfg), 1):
+            typer.echo(f"  {i}. {line}")
+        return
+    if not decision.retrain:
+        return
+    init_ray(address)
+    try:
+        journal = loop.execute(cfg, decision, typer.echo)
+    except loop.RetrainBusy as e:
+        typer.echo(f"retrain refused: {e}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(1 if journal.outcome == loop.FAILED else 0)
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[
@@ -568,6 +619,77 @@ def keys_create(
         typer.echo(f"[keys] {path} exists; keeping it")
     # The key itself is never printed: terminals and CI logs keep what they show.
     typer.echo(f'[keys] send it as: -H "Authorization: Bearer $(cut -d: -f2- {path} | head -1)"')
+
+
+@app.command()
+def trace(
+    request_id: Annotated[str, typer.Argument(help="the answer's request_id (X-Request-ID)")],
+    model: Annotated[
+        str | None, typer.Option(help="search only this model's log (default: every model's)")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="search only from this UTC date or time (2026-11-25T14)")
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option(help="data store URI (default: $RAYAPP_HOME/data)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the trace as JSON")] = False,
+) -> None:
+    """From a logged prediction to the model version, run, gate report, dataset version and
+    snapshot that produced it."""
+    from dataclasses import asdict
+
+    from ray_app.data.store import open_store
+    from ray_app.monitor.trace import TraceNotFound, describe, since_time
+    from ray_app.monitor.trace import trace as find
+    from ray_app.serve.app import LogArgs
+
+    try:
+        start = since_time(since) if since else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="'--since'") from None
+    try:
+        found = find(open_store(store), request_id, model, start, LogArgs().flush_s)
+    except TraceNotFound as e:
+        typer.echo(f"trace: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(asdict(found), indent=2) if as_json else "\n".join(describe(found)))
+
+
+labels_app = typer.Typer(
+    help="Delayed labels: outcomes joined to the prediction log.", no_args_is_help=True
+)
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("ingest")
+def labels_ingest(
+    data: Annotated[Path, typer.Option(help="CSV/Parquet: id, label, optional label_time")],
+    model: Annotated[str, typer.Option(help="served model name")] = "churn_model",
+    config: Annotated[Path, typer.Option(help="thresholds (its live: section)")] = Path(
+        "configs/monitor.yaml"
+    ),
+    store: Annotated[
+        str | None, typer.Option(help="data store URI (default: $RAYAPP_HOME/data)")
+    ] = None,
+) -> None:
+    """Store labels that arrived later, join them to logged predictions by id and time, and
+    judge each version's live quality, bias and attribution drift (reports go to MLflow)."""
+    from ray_app.config import ConfigError
+    from ray_app.data.ingest import DataError
+    from ray_app.data.store import open_store
+    from ray_app.monitor.drift import load_monitor_config
+    from ray_app.monitor.labels import ingest, live_quality
+    from ray_app.registry import RegistryError
+
+    cfg, data_store = load_monitor_config(config), open_store(store)
+    try:
+        added = ingest(data, model, data_store, cfg)
+        report = live_quality(model, cfg, data_store)
+    except (DataError, RegistryError, ConfigError, FileNotFoundError) as e:
+        typer.echo(f"labels: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo("\n".join([*added.lines(), *report.lines()]))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,22 @@ class QualityLimits(Strict):
     max_out_of_range: float = Field(0.01, ge=0)
 
 
+class LiveLimits(Strict):
+    """Delayed labels (`rayapp labels ingest`, monitor/labels.py): the join horizon, the time
+    buckets, and floors on live quality. Fairness limits and their meaning are the gate's
+    (`gates`, the model's entry), so live traffic is judged as the candidate was."""
+
+    gates: Path = Path("configs/gates.yaml")  # relative: to the working directory
+    window_s: float = Field(30 * 86400, gt=0)
+    bucket_s: int = Field(86400, ge=1)
+    max_label_delay_s: float = Field(30 * 86400, gt=0)
+    min_rows: int = Field(200, ge=1)
+    min_roc_auc: float = Field(0.75, ge=0, le=1)
+    min_f1: float = Field(0.5, ge=0, le=1)
+    max_ece: float = Field(0.1, ge=0, le=1)
+    max_attribution_change: float = Field(0.1, gt=0)
+
+
 class MonitorConfig(Strict):
     window_s: float = Field(3600, gt=0)
     min_rows: int = Field(200, ge=1)
@@ -64,6 +80,7 @@ class MonitorConfig(Strict):
     feature_drift: FeatureDriftLimits = FeatureDriftLimits()
     prediction_drift: PredictionDriftLimits = PredictionDriftLimits()
     data_quality: QualityLimits = QualityLimits()
+    live: LiveLimits = LiveLimits()
 
 
 def load_monitor_config(path: Path) -> MonitorConfig:

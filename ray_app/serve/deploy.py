@@ -29,6 +29,7 @@ from ray_app.serve.routing import (
     SHADOW,
     SINGLE,
     Canary,
+    CanaryLimits,
     Route,
     RouterConfig,
     Shadow,
@@ -145,6 +146,7 @@ def start(
     step_s: float = 300.0,
     fraction: float = 1.0,
     promote: bool = True,
+    limits: CanaryLimits | None = None,
 ) -> Route:
     """A new rollout of `candidate` beside what serves `model` now."""
     current = running.route(model)
@@ -175,6 +177,7 @@ def start(
             started_at=time.time(),
             promote=promote,
             production=registry.aliased_version(model, registry.PRODUCTION),
+            limits=limits or CanaryLimits(),
         )
         route = Route(
             strategy=CANARY,

@@ -1,0 +1,545 @@
+"""The retraining loop: decide whether a served model is trained again, and if so validate the
+new data, train (or search), gate the candidate against production on that data, and roll it
+out as a canary that the router promotes or rolls back.
+
+`decide` is read-only apart from the monitor's own MLflow run: a cron schedule that is due, the
+monitor's drift verdict, live quality from delayed labels, or `--force` start a retrain; a
+cooldown keeps one persistent drift from retraining on every check. `execute` runs the steps.
+Production moves only through the gate (whose champion check asks for `min_improvement` on
+the new data's frozen test rows) and then the canary; a retrain that learns nothing new
+changes nothing, and says why.
+
+One retrain per model at a time: an exclusive `flock` that the kernel releases when its holder
+dies. Each step's result is written to a journal (`$RAYAPP_HOME/retrain/<model>.json`) before
+the next starts, so a retrain killed half-way is resumed from its last finished step by the
+next run; one that failed is ended, its canary rolled back. Every retrain is an MLflow run
+(experiment `ray_app-retrain`) whose tags follow the journal, and its outcome is a rollout
+event on the registered model (`rayapp history`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+from croniter import croniter
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from pydantic import Field, field_validator
+
+from ray_app import pipeline, registry, tracking
+from ray_app.config import Strict, load_pipeline_config, load_search_config, load_yaml, rayapp_home
+from ray_app.data.contract import load_contract
+from ray_app.data.snapshot import find_snapshot
+from ray_app.data.sources import resolve_snapshot
+from ray_app.data.store import open_store
+from ray_app.evaluate.gate import load_gates
+from ray_app.evaluate.job import run_gate
+from ray_app.model.ref import ModelRef
+from ray_app.monitor import drift, gauges
+from ray_app.progress import Steps
+from ray_app.publish import model_name
+from ray_app.serve.routing import ABANDON, CANARY, ENDINGS, PROMOTE, CanaryLimits
+
+EXPERIMENT = "ray_app-retrain"
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+# A journal's steps, in order; `done` is written with the outcome.
+VALIDATE, TRAIN, GATE, ROLLOUT, DONE = "validate", "train", "gate", "rollout", "done"
+PROMOTED, KEPT, SKIPPED, ROLLED_BACK, FAILED = (
+    "promoted",
+    "kept",
+    "skipped",
+    "rolled back",
+    "failed",
+)
+
+
+class Triggers(Strict):
+    drift: bool = True
+    live_quality: bool = True
+
+
+class Rollout(Strict):
+    strategy: Literal["canary", "direct"] = "canary"
+    steps: list[float] = Field(default=[10.0, 50.0, 100.0], min_length=1)
+    step_s: float = Field(300.0, gt=0)
+    timeout_s: float = Field(7200.0, gt=0)
+    limits: CanaryLimits = CanaryLimits()
+    app: str = "ray_app"
+    address: str | None = None
+
+    def dashboard(self) -> str:
+        return self.address or os.environ.get("RAY_DASHBOARD_ADDRESS") or DEFAULT_DASHBOARD
+
+
+class Watch(Strict):
+    every_s: float = Field(300.0, gt=0)
+
+
+class RetrainConfig(Strict):
+    model: str | None = None
+    pipeline: Path = Path("configs/pipeline.yaml")
+    monitor: Path = Path("configs/monitor.yaml")
+    search: Path | None = None
+    data: str | None = None
+    schedule: str | None = None
+    triggers: Triggers = Triggers()
+    cooldown_s: float = Field(3600.0, ge=0)
+    rollout: Rollout = Rollout()
+    watch: Watch = Watch()
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (minute hour day month weekday)")
+        return value
+
+
+def load_retrain_config(path: str | Path) -> RetrainConfig:
+    return RetrainConfig.model_validate(load_yaml(path))
+
+
+class RetrainBusy(RuntimeError):
+    """Another process holds this model's retrain lock."""
+
+
+@dataclass
+class Journal:
+    """One retrain: why it started and what each finished step produced."""
+
+    id: str
+    model: str
+    started: str
+    reasons: list[str]
+    data: str
+    production: str | None  # the version production held when it started
+    mlflow_run_id: str = ""
+    step: str = VALIDATE
+    data_version: str = ""
+    search: str = ""
+    candidate: str = ""
+    gate_passed: bool | None = None
+    gate_reasons: list[str] = field(default_factory=list)
+    rollout_id: str = ""
+    outcome: str = ""
+    reason: str = ""
+    finished: str = ""
+
+    @staticmethod
+    def path(model: str) -> Path:
+        return rayapp_home() / "retrain" / f"{model}.json"
+
+    @classmethod
+    def load(cls, model: str) -> Journal | None:
+        path = cls.path(model)
+        if not path.is_file():
+            return None
+        raw = json.loads(path.read_text())
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+    def save(self) -> None:
+        """Atomically: a crash leaves the previous journal or this one, never half of one."""
+        path = self.path(self.model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    def update(self, **changes: Any) -> None:
+        """Record a step's result: the journal first, then the MLflow run's tags."""
+        for key, value in changes.items():
+            setattr(self, key, value)
+        self.save()
+        tags = {k: v for k, v in changes.items() if v not in (None, "", [])}
+        client = MlflowClient()
+        for key, value in tags.items():
+            text = "; ".join(value) if isinstance(value, list) else str(value)
+            client.set_tag(self.mlflow_run_id, key, text[:5000])
+
+
+@dataclass
+class Decision:
+    """Whether a retrain starts now, and every reason for or against."""
+
+    model: str
+    production: str | None
+    retrain: bool
+    reasons: list[str]
+    data: str | None = None
+    resume: Journal | None = None
+    drift: drift.DriftSummary | None = None
+    live: Any = None  # labels.LiveReport, when delayed labels were judged
+
+    def plan(self, cfg: RetrainConfig) -> list[str]:
+        """What `execute` would do, step by step (`--dry-run`)."""
+        if not self.retrain:
+            return []
+        if self.resume:
+            return [f"resume retrain {self.resume.id} at step {self.resume.step!r}"]
+        pcfg = load_pipeline_config(cfg.pipeline)
+        limits = load_gates(pcfg.gates).for_model(self.model).champion
+        metric = load_gates(pcfg.gates).for_model(self.model).primary_metric
+        train = f"search {cfg.search}" if cfg.search else f"train once ({cfg.pipeline})"
+        rollout = cfg.rollout
+        ship = (
+            f"canary {' -> '.join(f'{s:g}%' for s in rollout.steps)}, {rollout.step_s:g}s per "
+            f"step, on app {rollout.app!r} at {rollout.dashboard()}; the router promotes it or "
+            f"rolls it back (given up after {rollout.timeout_s:g}s)"
+            if rollout.strategy == CANARY
+            else "the gate moves production itself (rollout.strategy: direct)"
+        )
+        return [
+            f"validate {self.data} against {pcfg.contract} and snapshot it (stop if its data "
+            "version is production's, or one a retrain already tried)",
+            f"{train} on that snapshot",
+            f"gate the candidate against production v{self.production} on the new data's test "
+            f"rows ({pcfg.gates}: {metric} better by {limits.min_improvement:g})",
+            ship,
+        ]
+
+
+@contextmanager
+def locked(model: str) -> Iterator[None]:
+    """The model's retrain lock: exclusive, and released by the kernel if its holder dies."""
+    path = rayapp_home() / "retrain" / f"{model}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RetrainBusy(f"a retrain of {model} is already running ({holder})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {_now():%F %T} UTC")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _runs(model: str, where: str = "", limit: int = 1) -> list[mlflow.entities.Run]:
+    tracking.configure()
+    query = f"tags.model_name = '{model}'" + (f" and {where}" if where else "")
+    return MlflowClient().search_runs(
+        [tracking.experiment_id(EXPERIMENT)], query, max_results=limit, order_by=["start_time DESC"]
+    )
+
+
+def _schedule_due(cfg: RetrainConfig, model: str, now: dt.datetime) -> tuple[bool, str]:
+    """Due when a cron time has passed since the last retrain started (or, before any, since
+    the production version was registered)."""
+    last = _runs(model)
+    if last:
+        since = dt.datetime.fromtimestamp(last[0].info.start_time / 1000, dt.timezone.utc)
+        what = f"retrain {last[0].data.tags.get('id', '')} started"
+    else:
+        version = registry.version_for(model)
+        since = dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.timezone.utc)
+        what = f"v{version.version} was registered"
+    due = croniter(cfg.schedule, since).get_next(dt.datetime)
+    if due <= now:
+        return True, f"schedule {cfg.schedule!r}: due at {due:%F %T} UTC ({what} {since:%F %T})"
+    return False, f"schedule {cfg.schedule!r}: next at {due:%F %T} UTC"
+
+
+def decide(
+    cfg: RetrainConfig,
+    data: str | None = None,
+    force: bool = False,
+    now: dt.datetime | None = None,
+) -> Decision:
+    """Whether to retrain now, and why (or why not). An interrupted retrain is resumed first."""
+    now = now or _now()
+    pcfg = load_pipeline_config(cfg.pipeline)
+    model = cfg.model or model_name(pcfg)
+    tracking.configure()
+    production = registry.aliased_version(model)
+    journal = Journal.load(model)
+    if journal and not journal.finished:
+        why = f"retrain {journal.id} stopped at step {journal.step!r} without an outcome: resume it"
+        return Decision(model, production, True, [why], journal.data, journal)
+    if production is None:
+        why = f"{model} has no production version to watch; `rayapp pipeline` makes the first"
+        return Decision(model, None, False, [why])
+    decision = Decision(model, production, False, [])
+    triggers, notes = [], []
+    if force:
+        triggers.append("forced (--force)")
+    scheduled = False
+    if cfg.schedule:
+        scheduled, text = _schedule_due(cfg, model, now)
+        (triggers if scheduled else notes).append(text)
+    monitor_cfg = drift.load_monitor_config(cfg.monitor)
+    store = open_store(pcfg.data.store)
+    if cfg.triggers.drift:
+        summary = decision.drift = drift.run(model, monitor_cfg, store, now)
+        if summary.drifted:
+            triggers.append(
+                f"drift in {summary.rows} rows of v{summary.version}: " + "; ".join(summary.reasons)
+            )
+        else:
+            notes.append(
+                f"drift: {summary.verdict} ({'; '.join(summary.reasons) or f'{summary.rows} rows'})"
+            )
+    if cfg.triggers.live_quality:
+        from ray_app.monitor import labels
+
+        live = decision.live = labels.live_quality(model, monitor_cfg, store)
+        if live.breaches:
+            triggers.append("live quality: " + "; ".join(live.breaches))
+        else:
+            notes.append("live quality: within its floors")
+    source = data or cfg.data or (str(pcfg.data.path) if pcfg.data.path else None)
+    decision.data = source
+    if not triggers:
+        decision.reasons = ["nothing calls for a retrain", *notes]
+        return decision
+    last = _runs(model)
+    if last and not (force or scheduled):
+        since = (now.timestamp() * 1000 - last[0].info.start_time) / 1000
+        if since < cfg.cooldown_s:
+            decision.reasons = [
+                f"cooling down: retrain {last[0].data.tags.get('id')} started {since:.0f}s ago "
+                f"(cooldown_s {cfg.cooldown_s:g})",
+                *triggers,
+            ]
+            return decision
+    if source is None:
+        decision.reasons = [
+            *triggers,
+            "but no new data: set `data` in the retrain config or pass --data",
+        ]
+        return decision
+    decision.retrain, decision.reasons = True, triggers
+    return decision
+
+
+def execute(cfg: RetrainConfig, decision: Decision, log: Callable[[str], None] = print) -> Journal:
+    """Run (or resume) the retrain a decision calls for, under the model's lock."""
+    if not decision.retrain:
+        raise ValueError("the decision was not to retrain")
+    with locked(decision.model):
+        journal = Journal.load(decision.model)  # read again under the lock
+        if journal is not None and not journal.finished:
+            log(f"[retrain] resuming {journal.id} at step {journal.step!r}")
+        elif decision.resume is not None and journal is not None:
+            return journal  # the retrain to resume was ended meanwhile by another process
+        else:
+            journal = _start(decision)
+            log(f"[retrain] {journal.id} of {journal.model}: " + "; ".join(journal.reasons))
+        try:
+            _run_steps(cfg, journal, Steps(log))
+        except Exception as e:
+            _end(journal, FAILED, f"{type(e).__name__}: {e}", cfg)
+        log(f"[retrain] {journal.id}: {journal.outcome}: {journal.reason}")
+        return journal
+
+
+def _start(decision: Decision) -> Journal:
+    tracking.configure()
+    rid = f"{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    run = MlflowClient().create_run(
+        tracking.experiment_id(EXPERIMENT),
+        run_name=f"retrain {decision.model} {rid}",
+        tags={
+            "model_name": decision.model,
+            "id": rid,
+            "reasons": "; ".join(decision.reasons)[:5000],
+        },
+    )
+    journal = Journal(
+        rid,
+        decision.model,
+        _now().isoformat(),
+        decision.reasons,
+        str(decision.data),
+        decision.production,
+        run.info.run_id,
+    )
+    journal.update(step=VALIDATE, data=journal.data)
+    return journal
+
+
+def _tried(model: str, data_version: str, current: str) -> str | None:
+    """How an earlier retrain on the same data version ended, if one did."""
+    for run in _runs(model, f"tags.data_version = '{data_version}'", limit=5):
+        tags = run.data.tags
+        if tags.get("id") != current and tags.get("outcome"):
+            return f"retrain {tags['id']} ({tags['outcome']}: {tags.get('reason', '')})"
+    return None
+
+
+def _run_steps(cfg: RetrainConfig, journal: Journal, step: Steps) -> None:
+    pcfg = load_pipeline_config(cfg.pipeline)
+    contract = load_contract(pcfg.contract)
+    gates = load_gates(pcfg.gates)
+    if not journal.data_version:
+        snap = resolve_snapshot(pcfg, contract, journal.data, None, step)
+        journal.update(data_version=snap.version, step=TRAIN)
+        trained_on = registry.version_for(journal.model).tags.get("dataset_version")
+        if snap.version == trained_on:
+            why = f"data version {snap.version} is what production was trained on: nothing new"
+            return _end(journal, SKIPPED, why, cfg)
+        if tried := _tried(journal.model, snap.version, journal.id):
+            return _end(journal, SKIPPED, f"data version {snap.version} was tried by {tried}", cfg)
+    else:
+        snap = find_snapshot(open_store(pcfg.data.store), journal.data_version, contract)
+    direct = cfg.rollout.strategy != CANARY
+    # Through a canary, the gate moves staging only: production follows the router's verdict.
+    confirm = None if direct else (lambda report: False)
+    if journal.gate_passed is None:
+        if cfg.search:
+            from ray_app.tuning.search import run_search
+
+            resume = bool(journal.search)
+            if not resume:
+                journal.update(search=f"retrain-{journal.id}")
+            found = run_search(
+                pcfg,
+                load_search_config(cfg.search),
+                data_version=snap.version,
+                name=journal.search,
+                resume=resume,
+                log=step.log,
+            )
+            journal.update(candidate=found.model_version, step=GATE)
+            report, _ = run_gate(
+                pcfg, ModelRef(journal.model, version=found.model_version), gates, confirm
+            )
+            passed, reasons = report.passed, report.failures()
+        else:
+            result = pipeline.train_and_gate(pcfg, contract, snap, gates, step, confirm)
+            journal.update(candidate=result.model_version)
+            passed, reasons = result.promoted, result.gate_reasons
+        journal.update(gate_passed=passed, gate_reasons=reasons, step=ROLLOUT)
+    candidate = f"{journal.model}/{journal.candidate}"
+    if not journal.gate_passed:
+        why = (
+            f"{candidate} failed the gate against production v{journal.production} on data "
+            f"version {journal.data_version}: " + "; ".join(journal.gate_reasons)
+        )
+        return _end(journal, KEPT, why, cfg)
+    if direct:
+        now = registry.aliased_version(journal.model)
+        if now == journal.candidate:
+            return _end(
+                journal, PROMOTED, f"the gate moved production {journal.production} -> {now}", cfg
+            )
+        return _end(journal, KEPT, f"the gate passed {candidate} but production is v{now}", cfg)
+    _canary(cfg, journal, candidate, step)
+
+
+def _canary(cfg: RetrainConfig, journal: Journal, candidate: str, step: Steps) -> None:
+    from ray_app.serve import deploy
+
+    rollout = cfg.rollout
+    if not journal.rollout_id:
+        running = deploy.Running.read(rollout.dashboard(), rollout.app)
+        route = deploy.start(
+            running,
+            journal.model,
+            CANARY,
+            candidate,
+            rollout.steps,
+            rollout.step_s,
+            limits=rollout.limits,
+        )
+        journal.update(rollout_id=route.canary.rollout_id)  # type: ignore[union-attr]
+        step(f"[retrain] canary {candidate} started ({journal.rollout_id})")
+    started = float(journal.rollout_id.split("@", 1)[1])
+    while time.time() < started + rollout.timeout_s:
+        ended = [
+            e
+            for e in registry.rollout_history(journal.model)
+            if e.rollout_id == journal.rollout_id and e.action in ENDINGS
+        ]
+        if ended:
+            event = ended[-1]
+            outcome = {PROMOTE: PROMOTED, ABANDON: KEPT}.get(event.action, ROLLED_BACK)
+            return _end(journal, outcome, f"canary {candidate}: {event.reason}", cfg)
+        time.sleep(1.0)
+    _end(journal, ROLLED_BACK, f"canary {candidate} did not end within {rollout.timeout_s:g}s", cfg)
+
+
+def _end(journal: Journal, outcome: str, reason: str, cfg: RetrainConfig) -> None:
+    """The outcome, everywhere it is looked for: the journal, its MLflow run, the registry's
+    history. A live canary of a failed retrain is rolled back first."""
+    if outcome in (FAILED, ROLLED_BACK) and journal.rollout_id:
+        _stop_canary(cfg, journal, reason)
+    journal.update(outcome=outcome, reason=reason, step=DONE, finished=_now().isoformat())
+    client = MlflowClient()
+    client.log_dict(journal.mlflow_run_id, asdict(journal), "retrain.json")
+    status = RunStatus.FAILED if outcome == FAILED else RunStatus.FINISHED
+    client.set_terminated(journal.mlflow_run_id, RunStatus.to_string(status))
+    gauges.retrained(journal.model, outcome)
+    registry.record_rollout(
+        journal.model,
+        f"retrain-{outcome.replace(' ', '-')}",
+        reason,
+        journal.rollout_id,
+        asdict(journal),
+    )
+
+
+def _stop_canary(cfg: RetrainConfig, journal: Journal, reason: str) -> None:
+    """Roll back this retrain's canary if it is still the route's and has not ended."""
+    from ray_app.serve import deploy
+
+    if any(
+        e.rollout_id == journal.rollout_id and e.action in ENDINGS
+        for e in registry.rollout_history(journal.model)
+    ):
+        return
+    running = deploy.Running.read(cfg.rollout.dashboard(), cfg.rollout.app)
+    route = running.route(journal.model)
+    if route.canary is not None and route.canary.rollout_id == journal.rollout_id:
+        deploy.rollback(running, journal.model, f"retrain {journal.id}: {reason}")
+
+
+def watch(
+    cfg: RetrainConfig,
+    data: str | None = None,
+    log: Callable[[str], None] = print,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Check every `watch.every_s` and retrain when called for, until `stop()` is true."""
+    while not stop():
+        try:
+            decision = decide(cfg, data)
+            report(decision, log)
+            if decision.drift is not None:
+                gauges.drift(decision.drift)
+            if decision.live is not None:
+                gauges.live(decision.live)
+            if decision.retrain:
+                execute(cfg, decision, log)
+        except Exception as e:  # one failed check must not end the watch
+            log(f"[retrain] check failed: {type(e).__name__}: {e}")
+        deadline = time.monotonic() + cfg.watch.every_s
+        while time.monotonic() < deadline and not stop():
+            time.sleep(min(1.0, cfg.watch.every_s))
+
+
+def report(decision: Decision, log: Callable[[str], None]) -> None:
+    verdict = "retrain" if decision.retrain else "no retrain"
+    log(f"[retrain] {decision.model} (production v{decision.production}): {verdict}")
+    for reason in decision.reasons:
+        log(f"  - {reason}")
