@@ -100,6 +100,7 @@ bench: install
 	$(BIN)/python -m bench.tune_bench
 	$(BIN)/python -m bench.serving_bench
 	$(BIN)/python -m bench.http_bench
+	$(BIN)/python -m bench.monitor_bench
 
 lint: install
 	$(BIN)/ruff check ray_app jobs tests bench

@@ -55,7 +55,7 @@ EXPERIMENT = "ray_app-retrain"
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 # A journal's steps, in order; `done` is written with the outcome.
 VALIDATE, TRAIN, GATE, ROLLOUT, DONE = "validate", "train", "gate", "rollout", "done"
-PROMOTED, KEPT, SKIPPED, ROLLED_BACK, FAILED = (
+OUTCOMES = PROMOTED, KEPT, SKIPPED, ROLLED_BACK, FAILED = (
     "promoted",
     "kept",
     "skipped",
@@ -243,6 +243,15 @@ def _runs(model: str, where: str = "", limit: int = 1) -> list[mlflow.entities.R
     )
 
 
+def outcomes(model: str) -> dict[str, int]:
+    """How many retrains of `model` ended with each outcome, from their MLflow runs."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for run in _runs(model, "tags.outcome != ''", limit=10_000):
+        outcome = run.data.tags["outcome"]
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
 def _schedule_due(cfg: RetrainConfig, model: str, now: dt.datetime) -> tuple[bool, str]:
     """Due when a cron time has passed since the last retrain started (or, before any, since
     the production version was registered)."""
@@ -302,11 +311,15 @@ def decide(
     if cfg.triggers.live_quality:
         from ray_app.monitor import labels
 
-        live = decision.live = labels.live_quality(model, monitor_cfg, store)
-        if live.breaches:
-            triggers.append("live quality: " + "; ".join(live.breaches))
+        live = decision.live = labels.live_quality(model, monitor_cfg, store, now=now)
+        # only production's own breaches: an old version still in the window is no reason
+        served = [v for v in live.versions if v.version == f"{model}/{production}"]
+        breaches = [b for v in served for b in v.breaches]
+        if breaches:
+            triggers.append(f"live quality of v{production}: " + "; ".join(breaches))
         else:
-            notes.append("live quality: within its floors")
+            labelled = sum(v.labelled for v in served)
+            notes.append(f"live quality: no breach ({labelled} labelled rows of v{production})")
     source = data or cfg.data or (str(pcfg.data.path) if pcfg.data.path else None)
     decision.data = source
     if not triggers:
@@ -489,7 +502,6 @@ def _end(journal: Journal, outcome: str, reason: str, cfg: RetrainConfig) -> Non
     client.log_dict(journal.mlflow_run_id, asdict(journal), "retrain.json")
     status = RunStatus.FAILED if outcome == FAILED else RunStatus.FINISHED
     client.set_terminated(journal.mlflow_run_id, RunStatus.to_string(status))
-    gauges.retrained(journal.model, outcome)
     registry.record_rollout(
         journal.model,
         f"retrain-{outcome.replace(' ', '-')}",
@@ -529,12 +541,14 @@ def watch(
                 gauges.drift(decision.drift)
             if decision.live is not None:
                 gauges.live(decision.live)
+            gauges.retrains(decision.model, outcomes(decision.model))
             if decision.retrain:
                 execute(cfg, decision, log)
         except Exception as e:  # one failed check must not end the watch
             log(f"[retrain] check failed: {type(e).__name__}: {e}")
         deadline = time.monotonic() + cfg.watch.every_s
         while time.monotonic() < deadline and not stop():
+            gauges.refresh()
             time.sleep(min(1.0, cfg.watch.every_s))
 
 

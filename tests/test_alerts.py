@@ -27,7 +27,7 @@ def metric_names() -> set[str]:
     exprs = [r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
     exprs += [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
     names = set()
-    for name in re.findall(r"\b(ray_[a-z_]+)", " ".join(exprs)):
+    for name in re.findall(r"\b(ray_[a-z0-9_]+)", " ".join(exprs)):
         names.add(re.sub(r"_(bucket|sum|count|total)$", "", name))
     return names
 

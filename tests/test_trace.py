@@ -114,6 +114,17 @@ def test_trace_leads_from_a_logged_prediction_to_everything_that_produced_it(
     if production[-1].to_version == version and answer["variant"] == "primary":
         assert registry.PRODUCTION in lineage["aliases_then"]
 
+    # A half-written file beside it (a killed replica's) is passed over, not an error.
+    folder = Path(found["files"][0]).parent
+    broken = folder / "part-0-killed.parquet"
+    broken.write_bytes(b"PAR1")
+    try:
+        again = _trace(rid, "--json")
+        assert again.exit_code == 0, again.output
+        assert json.loads(again.output)["rows"] == found["rows"]
+    finally:
+        broken.unlink()
+
     # The same, as a person reads it; bounded to the model and today's partitions.
     text = _trace(rid, "--model", name, "--since", f"{before:%F}")
     assert text.exit_code == 0, text.output

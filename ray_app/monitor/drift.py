@@ -25,6 +25,9 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 from pydantic import Field
 
 from ray_app import registry, tracking
@@ -35,7 +38,7 @@ from ray_app.data.store import DataStore
 from ray_app.model.loaded import LoadedModel, load
 from ray_app.model.ref import ModelRef
 from ray_app.model.scoring import Scorer
-from ray_app.monitor.predictions import read
+from ray_app.monitor.predictions import FOLDER
 
 EXPERIMENT = "ray_app-monitor"
 PROBABILITY = "_probability"
@@ -44,6 +47,9 @@ PROBABILITY = "_probability"
 class FeatureDriftLimits(Strict):
     p_value: float = Field(0.05, gt=0, lt=1)
     share: float = Field(0.5, gt=0, le=1)
+    # The tests see a seeded sample of a larger window: against a few thousand reference rows
+    # more rows hardly add power, and Evidently's time and memory grow with them.
+    max_rows: int = Field(100_000, ge=1000)
 
 
 class PredictionDriftLimits(Strict):
@@ -190,6 +196,50 @@ def _quality(
     return out
 
 
+def _window(
+    store: DataStore,
+    model: str,
+    since: dt.datetime,
+    now: dt.datetime,
+    served: str,
+    columns: list[str],
+) -> pd.DataFrame:
+    """The served version's logged rows in [since, now], only `columns`. Partitions outside
+    the window are never opened, and each file's Parquet metadata is dropped once read: the log
+    has a file per flush (3,600 an hour at `flush_s` 1), whose cached footers would otherwise
+    outweigh the rows."""
+    where = store.path(FOLDER, f"model={model}")
+    if store.fs.get_file_info(where).type == pafs.FileType.NotFound:
+        return pd.DataFrame(columns=columns)
+    hive = pads.partitioning(
+        pa.schema([("date", pa.string()), ("hour", pa.string())]), flavor="hive"
+    )
+    start = since.astimezone(dt.timezone.utc)
+    day, hour, date = f"{start:%F}", f"{start:%H}", pads.field("date")
+    stamp = pa.timestamp("us", "UTC")
+    wanted = (
+        ((date > day) | ((date == day) & (pads.field("hour") >= hour)))
+        & (pads.field("_time") >= pa.scalar(since, stamp))
+        & (pads.field("_time") <= pa.scalar(now, stamp))
+        & (pads.field("_model_version") == served)
+    )
+
+    def scan(checked: bool) -> pa.Table:
+        data = pads.dataset(
+            where,
+            filesystem=store.fs,
+            format="parquet",
+            partitioning=hive,
+            exclude_invalid_files=checked,  # opens every file of the log: only when needed
+        )
+        return data.to_table(filter=wanted, columns=columns, cache_metadata=False)
+
+    try:
+        return scan(False).to_pandas()
+    except pa.ArrowInvalid:  # a file not whole (being flushed, or a killed replica's): skip it
+        return scan(True).to_pandas()
+
+
 def run(
     model_name: str, cfg: MonitorConfig, store: DataStore, now: dt.datetime | None = None
 ) -> DriftSummary:
@@ -199,9 +249,8 @@ def run(
     since = now - dt.timedelta(seconds=cfg.window_s)
     model = load(ModelRef(model_name, alias=registry.PRODUCTION))
     served = f"{model.name}/{model.version}"
-    log = read(store, model_name, since).to_pandas()
-    if "_model_version" in log:
-        log = log[log["_model_version"] == served]
+    numeric, categorical = _features(model.contract, model)
+    log = _window(store, model_name, since, now, served, [*numeric, *categorical, PROBABILITY])
     summary = DriftSummary(
         model_name, str(model.version), since.isoformat(), now.isoformat(), len(log), 0, ""
     )
@@ -214,8 +263,9 @@ def run(
     contract = model.contract
     ref = reference(model, store, cfg.reference_rows, cfg.seed)
     summary.reference_rows = len(ref)
-    numeric, categorical = _features(contract, model)
-    snapshot, summary.features = _feature_drift(ref, log, numeric, categorical, cfg)
+    cap = cfg.feature_drift.max_rows  # the mean shift and data quality count every row
+    tested = log.sample(cap, random_state=cfg.seed) if len(log) > cap else log
+    snapshot, summary.features = _feature_drift(ref, tested, numeric, categorical, cfg)
     drifted = sorted(c for c, f in summary.features.items() if f["drifted"])
     summary.drifted_share = len(drifted) / max(len(summary.features), 1)
     if drifted and summary.drifted_share >= cfg.feature_drift.share:

@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 import ray
-from ray.util.metrics import Counter, Gauge
+from ray.util.metrics import Gauge
 
 TAGS = ("model", "version")
 # name -> description; the exported families are these with Ray's `ray_` prefix.
@@ -23,34 +23,41 @@ GAUGES = {
     "rayapp_live_roc_auc": "ROC-AUC on the latest bucket of labelled live traffic",
     "rayapp_live_f1": "F1 at the answered label on the latest bucket of labelled traffic",
     "rayapp_live_breaches": "live quality, bias and attribution limits breached",
+    "rayapp_retrains": "retrains ended so far, by outcome (from the MLflow history)",
 }
-RETRAINS = "rayapp_retrains"
-NAMES = frozenset(f"ray_{name}" for name in [*GAUGES, RETRAINS])
+NAMES = frozenset(f"ray_{name}" for name in GAUGES)
+# Ray exports a gauge for about 20 s after it is set, then drops it (measured, Ray 2.60): the
+# watcher keeps the last values here and sets them again every second (`refresh`).
+_last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
 
 @cache
 def _gauge(name: str) -> Gauge:
-    return Gauge(name, GAUGES[name], tag_keys=TAGS)
+    keys = ("model", "outcome") if name == "rayapp_retrains" else TAGS
+    return Gauge(name, GAUGES[name], tag_keys=keys)
 
 
-@cache
-def _retrains() -> Counter:
-    return Counter(RETRAINS, "retrains ended, by outcome", tag_keys=("model", "outcome"))
-
-
-def _set(name: str, value: float | None, model: str, version: str) -> None:
+def _set(name: str, value: float | None, **tags: str) -> None:
     if value is not None and value == value:  # NaN: not measured
-        _gauge(name).set(float(value), tags={"model": model, "version": str(version)})
+        _last[(name, tuple(sorted(tags.items())))] = float(value)
+        _gauge(name).set(float(value), tags=tags)
+
+
+def refresh() -> None:
+    """Set every last value again, so none expires between checks."""
+    if ray.is_initialized():
+        for (name, tags), value in list(_last.items()):
+            _gauge(name).set(value, tags=dict(tags))
 
 
 def drift(summary: Any) -> None:
     """A `monitor.drift.DriftSummary` with a verdict (too few rows sets nothing)."""
     if not ray.is_initialized() or summary.verdict not in ("drift", "no drift"):
         return
-    model, version = summary.model, summary.version
-    _set("rayapp_drift", float(summary.drifted), model, version)
-    _set("rayapp_drift_share", summary.drifted_share, model, version)
-    _set("rayapp_prediction_shift", summary.prediction.get("relative_shift"), model, version)
+    tags = {"model": summary.model, "version": str(summary.version)}
+    _set("rayapp_drift", float(summary.drifted), **tags)
+    _set("rayapp_drift_share", summary.drifted_share, **tags)
+    _set("rayapp_prediction_shift", summary.prediction.get("relative_shift"), **tags)
 
 
 def live(report: Any) -> None:
@@ -58,14 +65,16 @@ def live(report: Any) -> None:
     if not ray.is_initialized():
         return
     for judged in report.versions:
-        model, version = report.model, judged.version.rpartition("/")[2]
+        tags = {"model": report.model, "version": judged.version.rpartition("/")[2]}
         buckets = [b for b in judged.buckets if b.roc_auc is not None] or [judged.window]
         if buckets[-1] is not None:
-            _set("rayapp_live_roc_auc", buckets[-1].roc_auc, model, version)
-            _set("rayapp_live_f1", buckets[-1].f1, model, version)
-        _set("rayapp_live_breaches", float(len(judged.breaches)), model, version)
+            _set("rayapp_live_roc_auc", buckets[-1].roc_auc, **tags)
+            _set("rayapp_live_f1", buckets[-1].f1, **tags)
+        _set("rayapp_live_breaches", float(len(judged.breaches)), **tags)
 
 
-def retrained(model: str, outcome: str) -> None:
+def retrains(model: str, counts: dict[str, int]) -> None:
+    """How many retrains ended with each outcome (zeros too, so a first failure is a change)."""
     if ray.is_initialized():
-        _retrains().inc(tags={"model": model, "outcome": outcome})
+        for outcome, count in counts.items():
+            _set("rayapp_retrains", float(count), model=model, outcome=outcome)
