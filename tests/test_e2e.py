@@ -227,6 +227,7 @@ def test_cli_pipeline_stops_on_bad_data_without_training(ray_session, pipeline_y
 
 
 def test_same_data_version_config_and_seed_give_identical_model_bytes(result, pipeline_yaml):
+    """...and so the gate keeps the copy out of production: it is not better by the margin."""
     out = CliRunner().invoke(
         cli,
         [
@@ -238,10 +239,12 @@ def test_same_data_version_config_and_seed_give_identical_model_bytes(result, pi
             "--yes",
         ],
     )
-    assert out.exit_code == 0, out.output
+    assert out.exit_code == 1 and "champion: roc_auc" in out.output, out.output
     tracking.configure()
     name = result.model_name
-    again = registry.version_for(name)  # the retrained model took the alias
+    assert registry.aliased_version(name) == result.model_version  # production stayed
+    versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    again = max(versions, key=lambda v: int(v.version))
     assert again.version != result.model_version
     assert again.tags["dataset_version"] == result.dataset_version
 
@@ -258,7 +261,13 @@ def test_versions_lists_the_snapshot(result):
 
 
 @pytest.mark.parametrize(
-    "job, option", [("pipeline", "--data"), ("tune", "--resume"), ("monitor", "--window-s")]
+    "job, option",
+    [
+        ("pipeline", "--data"),
+        ("tune", "--resume"),
+        ("monitor", "--window-s"),
+        ("retrain", "--dry-run"),
+    ],
 )
 def test_job_entry_points_parse_their_arguments(job, option):
     out = subprocess.run(
