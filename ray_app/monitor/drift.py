@@ -25,9 +25,6 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 from pydantic import Field
 
 from ray_app import registry, tracking
@@ -38,7 +35,7 @@ from ray_app.data.store import DataStore
 from ray_app.model.loaded import LoadedModel, load
 from ray_app.model.ref import ModelRef
 from ray_app.model.scoring import Scorer
-from ray_app.monitor.predictions import FOLDER
+from ray_app.monitor.predictions import read
 
 EXPERIMENT = "ray_app-monitor"
 PROBABILITY = "_probability"
@@ -196,50 +193,6 @@ def _quality(
     return out
 
 
-def _window(
-    store: DataStore,
-    model: str,
-    since: dt.datetime,
-    now: dt.datetime,
-    served: str,
-    columns: list[str],
-) -> pd.DataFrame:
-    """The served version's logged rows in [since, now], only `columns`. Partitions outside
-    the window are never opened, and each file's Parquet metadata is dropped once read: the log
-    has a file per flush (3,600 an hour at `flush_s` 1), whose cached footers would otherwise
-    outweigh the rows."""
-    where = store.path(FOLDER, f"model={model}")
-    if store.fs.get_file_info(where).type == pafs.FileType.NotFound:
-        return pd.DataFrame(columns=columns)
-    hive = pads.partitioning(
-        pa.schema([("date", pa.string()), ("hour", pa.string())]), flavor="hive"
-    )
-    start = since.astimezone(dt.timezone.utc)
-    day, hour, date = f"{start:%F}", f"{start:%H}", pads.field("date")
-    stamp = pa.timestamp("us", "UTC")
-    wanted = (
-        ((date > day) | ((date == day) & (pads.field("hour") >= hour)))
-        & (pads.field("_time") >= pa.scalar(since, stamp))
-        & (pads.field("_time") <= pa.scalar(now, stamp))
-        & (pads.field("_model_version") == served)
-    )
-
-    def scan(checked: bool) -> pa.Table:
-        data = pads.dataset(
-            where,
-            filesystem=store.fs,
-            format="parquet",
-            partitioning=hive,
-            exclude_invalid_files=checked,  # opens every file of the log: only when needed
-        )
-        return data.to_table(filter=wanted, columns=columns, cache_metadata=False)
-
-    try:
-        return scan(False).to_pandas()
-    except pa.ArrowInvalid:  # a file not whole (being flushed, or a killed replica's): skip it
-        return scan(True).to_pandas()
-
-
 def run(
     model_name: str, cfg: MonitorConfig, store: DataStore, now: dt.datetime | None = None
 ) -> DriftSummary:
@@ -250,7 +203,8 @@ def run(
     model = load(ModelRef(model_name, alias=registry.PRODUCTION))
     served = f"{model.name}/{model.version}"
     numeric, categorical = _features(model.contract, model)
-    log = _window(store, model_name, since, now, served, [*numeric, *categorical, PROBABILITY])
+    columns = [*numeric, *categorical, PROBABILITY]
+    log = read(store, model_name, since, now, columns, version=served).to_pandas()
     summary = DriftSummary(
         model_name, str(model.version), since.isoformat(), now.isoformat(), len(log), 0, ""
     )

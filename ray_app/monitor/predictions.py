@@ -179,17 +179,59 @@ class Flusher:
         self.flush()
 
 
-def read(store: DataStore, model: str, since: dt.datetime | None = None) -> pa.Table:
-    """The logged predictions of a model (from `since`, when given), as one table."""
+# date= and hour= as text, so a window's partitions can be pruned by comparing strings.
+PARTITIONS = pads.partitioning(
+    pa.schema([("date", pa.string()), ("hour", pa.string())]), flavor="hive"
+)
+_STAMP = pa.timestamp("us", "UTC")
+
+
+def read(
+    store: DataStore,
+    model: str,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    columns: list[str] | None = None,
+    version: str | None = None,
+) -> pa.Table:
+    """A model's logged predictions, in [since, until] and of one `version` ("name/N") when
+    given, only `columns` when given. Partitions before `since` are never opened, and no
+    file's Parquet footer is kept once read: the log has a file per flush (3,600 an hour at
+    `flush_s` 1), whose cached footers would outweigh the rows (bench/RESULTS.md,
+    monitor_drift). A file that is not whole (written by a replica killed before the rename
+    that finishes every write) is skipped."""
     where = store.path(FOLDER, f"model={model}")
     if store.fs.get_file_info(where).type == pafs.FileType.NotFound:
-        return schema_less_empty()
-    data = pads.dataset(where, filesystem=store.fs, format="parquet", partitioning="hive")
-    if since is None:
-        return data.to_table()
-    return data.to_table(filter=pads.field("_time") >= pa.scalar(since, pa.timestamp("us", "UTC")))
+        return _empty(columns)
+    wanted = pads.scalar(True)
+    if since is not None:
+        start, date = since.astimezone(dt.timezone.utc), pads.field("date")
+        day, hour = f"{start:%F}", f"{start:%H}"
+        wanted &= (date > day) | ((date == day) & (pads.field("hour") >= hour))
+        wanted &= pads.field("_time") >= pa.scalar(since, _STAMP)
+    if until is not None:
+        wanted &= pads.field("_time") <= pa.scalar(until, _STAMP)
+    if version is not None:
+        wanted &= pads.field("_model_version") == version
+
+    def scan(checked: bool) -> pa.Table:
+        data = pads.dataset(
+            where,
+            filesystem=store.fs,
+            format="parquet",
+            partitioning=PARTITIONS,
+            exclude_invalid_files=checked,  # opens every file of the log: only when needed
+        )
+        return data.to_table(filter=wanted, columns=columns, cache_metadata=False)
+
+    try:
+        return scan(False)
+    except pa.ArrowInvalid:
+        return scan(True)
 
 
-def schema_less_empty() -> pa.Table:
-    """No log yet: the answer columns, no rows."""
-    return pa.table({name: pa.array([], kind) for name, kind in ANSWER})
+def _empty(columns: list[str] | None) -> pa.Table:
+    """No log yet: the answer columns (or those asked for), no rows."""
+    kinds = dict(ANSWER)
+    names = columns if columns is not None else list(kinds)
+    return pa.table({name: pa.array([], kinds.get(name, pa.null())) for name in names})
