@@ -314,9 +314,10 @@ def main() -> None:
         f"{args.hours:g} h ({ROWS_PER_REQUEST} rows per request), as the router writes it; the "
         "reference is the monitor's seeded 5,000-row sample of the training snapshot. "
         "Evidently alone is timed on frames already read; its peak includes that read. The "
-        "monitor reads only the judged columns of the served version, keeps no Parquet footer "
-        "once read (`predictions.read` caches them: ~800 MB for 10,800 files, whatever their "
-        "rows), and runs the KS and chi-squared tests on a seeded sample of at most "
+        "log's reader (`predictions.read`, both cells) prunes partitions outside the window and "
+        "keeps no Parquet footer once read (cached, they took ~800 MB for 10,800 files, whatever "
+        "their rows); the monitor reads only the judged columns of the served version, and "
+        "runs the KS and chi-squared tests on a seeded sample of at most "
         "`feature_drift.max_rows` (100,000) rows; the mean shift and data quality count every "
         "row. Before that change (2026-11-25, the same 1M-row log on this machine, run alone) "
         "the monitor took 16.2 s and peaked at 1,740 MB; after it, 9.7 s and 705 MB.",
