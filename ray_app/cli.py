@@ -679,7 +679,8 @@ def labels_ingest(
     from ray_app.data.ingest import DataError
     from ray_app.data.store import open_store
     from ray_app.monitor.drift import load_monitor_config
-    from ray_app.monitor.labels import ingest, live_quality
+    from ray_app.monitor.labels import ingest
+    from ray_app.monitor.live import live_quality
     from ray_app.registry import RegistryError
 
     cfg, data_store = load_monitor_config(config), open_store(store)

@@ -179,7 +179,7 @@ class Decision:
     data: str | None = None
     resume: Journal | None = None
     drift: drift.DriftSummary | None = None
-    live: Any = None  # labels.LiveReport, when delayed labels were judged
+    live: Any = None  # monitor.live.LiveReport, when delayed labels were judged
 
     def plan(self, cfg: RetrainConfig) -> list[str]:
         """What `execute` would do, step by step (`--dry-run`)."""
@@ -309,9 +309,9 @@ def decide(
                 f"drift: {summary.verdict} ({'; '.join(summary.reasons) or f'{summary.rows} rows'})"
             )
     if cfg.triggers.live_quality:
-        from ray_app.monitor import labels
+        from ray_app.monitor.live import live_quality
 
-        live = decision.live = labels.live_quality(model, monitor_cfg, store, now=now)
+        live = decision.live = live_quality(model, monitor_cfg, store, now=now)
         # only production's own breaches: an old version still in the window is no reason
         served = [v for v in live.versions if v.version == f"{model}/{production}"]
         breaches = [b for v in served for b in v.breaches]

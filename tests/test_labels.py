@@ -21,7 +21,8 @@ from ray_app.data.store import open_store
 from ray_app.model.loaded import load
 from ray_app.model.scoring import Scorer
 from ray_app.monitor.drift import LiveLimits, MonitorConfig
-from ray_app.monitor.labels import LABEL_TIME, ingest, join, live_quality, read_labels
+from ray_app.monitor.labels import LABEL_TIME, ingest, join, read_labels
+from ray_app.monitor.live import live_quality
 from ray_app.monitor.predictions import Answered, PredictionLog, read
 
 ROOT = Path(__file__).resolve().parent.parent

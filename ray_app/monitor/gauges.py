@@ -61,7 +61,7 @@ def drift(summary: Any) -> None:
 
 
 def live(report: Any) -> None:
-    """A `monitor.labels.LiveReport`: each version's latest judged bucket of labelled traffic."""
+    """A `monitor.live.LiveReport`: each version's latest judged bucket of labelled traffic."""
     if not ray.is_initialized():
         return
     for judged in report.versions:
