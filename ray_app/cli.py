@@ -552,6 +552,29 @@ def monitor(
         typer.echo(f"[monitor] report: MLflow run {summary.mlflow_run_id} (monitor/drift.html)")
 
 
+@app.command("batch-predict")
+def batch_predict_command(
+    model: Annotated[str, typer.Option(help="NAME@ALIAS or NAME/VERSION (a name: production)")],
+    data: Annotated[Path, typer.Option(help="CSV or Parquet table to score")],
+    out: Annotated[Path, typer.Option(help="Parquet folder to write (must not exist)")],
+    address: AddressOption = None,
+) -> None:
+    """Score a table through Ray Data with the one scoring path; the model version and data
+    version on every row, rows that break the contract quarantined with the reason."""
+    from ray_app.data.ingest import DataError
+    from ray_app.model.batch import batch_predict, describe
+    from ray_app.registry import RegistryError
+    from ray_app.runtime import init_ray
+
+    init_ray(address)
+    try:
+        result = batch_predict(model, data, out)
+    except (DataError, RegistryError) as e:
+        typer.echo(f"batch-predict refused: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo("\n".join(describe(result)))
+
+
 @app.command()
 def retrain(
     config: Annotated[Path, typer.Option(help="retrain config")] = Path("configs/retrain.yaml"),

@@ -420,23 +420,23 @@ def _run_steps(cfg: RetrainConfig, journal: Journal, step: Steps) -> None:
     confirm = None if direct else (lambda report: False)
     if journal.gate_passed is None:
         if cfg.search:
-            from ray_app.tuning.search import run_search
+            if not journal.candidate:  # else the search finished before the gate was stopped
+                from ray_app.tuning.search import run_search
 
-            resume = bool(journal.search)
-            if not resume:
-                journal.update(search=f"retrain-{journal.id}")
-            found = run_search(
-                pcfg,
-                load_search_config(cfg.search),
-                data_version=snap.version,
-                name=journal.search,
-                resume=resume,
-                log=step.log,
-            )
-            journal.update(candidate=found.model_version, step=GATE)
-            report, _ = run_gate(
-                pcfg, ModelRef(journal.model, version=found.model_version), gates, confirm
-            )
+                resume = bool(journal.search)  # Tune restores the trials it saved
+                if not resume:
+                    journal.update(search=f"retrain-{journal.id}")
+                found = run_search(
+                    pcfg,
+                    load_search_config(cfg.search),
+                    data_version=snap.version,
+                    name=journal.search,
+                    resume=resume,
+                    log=step.log,
+                )
+                journal.update(candidate=found.model_version, step=GATE)
+            judged = ModelRef(journal.model, version=journal.candidate)
+            report, _ = run_gate(pcfg, judged, gates, confirm)
             passed, reasons = report.passed, report.failures()
         else:
             result = pipeline.train_and_gate(pcfg, contract, snap, gates, step, confirm)

@@ -261,6 +261,45 @@ def test_drift_with_a_better_candidate_goes_through_a_canary_into_production(
     assert reply["model_version"] == journal.candidate
 
 
+def test_a_retrain_can_search_and_let_the_gate_move_production(
+    result, production, pipeline_yaml, tmp_path
+):
+    """`search:` runs a Ray Tune search on the new data instead of one training; with
+    `rollout.strategy: direct` the gate moves production itself (no Serve app needed)."""
+    search = tmp_path / "search.yaml"
+    search.write_text(
+        yaml.safe_dump(
+            {
+                "algorithm": "random",
+                "num_samples": 2,
+                "max_concurrent_trials": 2,
+                "num_boost_round": 60,
+                "early_stopping_rounds": 10,
+                "report_every": 20,
+                "checkpoint_every": 40,
+                "asha": {"enabled": False},
+                "space": {"max_depth": {"type": "randint", "low": 4, "high": 7}},
+            }
+        )
+    )
+    drift = synth.Drift(shift=SHIFT, effects=CONCEPT)
+    new_data = synth.write(tmp_path / "new.csv", 20_000, seed=37, drift=drift)
+    quiet = {"drift": False, "live_quality": False}
+    cfg = _config(tmp_path, pipeline_yaml, 60, search=str(search), triggers=quiet)
+    cfg = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"strategy": "direct"})})
+    before = registry.aliased_version(result.model_name)
+    decision = retrain.decide(cfg, data=str(new_data), force=True)
+    assert decision.retrain and decision.reasons == ["forced (--force)"]
+    journal = retrain.execute(cfg, decision, lambda line: None)
+    assert journal.outcome == retrain.PROMOTED, journal
+    assert journal.search == f"retrain-{journal.id}" and journal.gate_passed
+    assert f"the gate moved production {before} -> {journal.candidate}" == journal.reason
+    assert registry.aliased_version(result.model_name) == journal.candidate
+    version = registry.model_version(result.model_name, journal.candidate)
+    assert version.tags["search"] == journal.search
+    assert version.tags["dataset_version"] == journal.data_version
+
+
 def test_one_retrain_per_model_and_a_dead_holder_frees_the_lock(result):
     busy = pytest.raises(retrain.RetrainBusy, match=r"already running \(pid \d+")
     with retrain.locked(result.model_name), busy, retrain.locked(result.model_name):

@@ -90,13 +90,19 @@ def csv_header(path: Path) -> list[str]:
     return [c.strip() for c in row]
 
 
-def inspect_source(path: str | Path, contract: Contract) -> Source:
-    """Check a source exists and its columns match the contract before any Ray work starts."""
+def open_source(path: str | Path) -> Source:
+    """A file or folder's format, columns and data version, before any Ray work starts."""
     path = Path(path).resolve()
     if not path.exists():
         raise DataError(f"{path}: no such file")
     fmt = _format(path)
-    columns = _header(path, fmt)
+    return Source(path=path, fmt=fmt, version=dataset_version(path), columns=_header(path, fmt))
+
+
+def inspect_source(path: str | Path, contract: Contract) -> Source:
+    """Check a source exists and its columns match the contract before any Ray work starts."""
+    source = open_source(path)
+    path, columns = source.path, source.columns
     expected = list(contract.columns)
     missing = [c for c in expected if c not in columns]
     extra = [c for c in columns if c not in contract.columns]
@@ -108,7 +114,7 @@ def inspect_source(path: str | Path, contract: Contract) -> Source:
             parts.append(f"unknown columns {extra}")
         hint = " (is the delimiter a comma?)" if len(columns) == 1 and len(expected) > 1 else ""
         raise DataError(f"{path}: {' and '.join(parts)} for contract {contract.name!r}{hint}")
-    return Source(path=path, fmt=fmt, version=dataset_version(path), columns=columns)
+    return source
 
 
 def _refuse_row(row: pacsv.InvalidRow) -> str:

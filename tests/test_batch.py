@@ -1,0 +1,95 @@
+"""Batch scoring through Ray Data with the one scoring path: versions on every row, rows that
+break the contract quarantined with the reason, never scored."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from ray_app import registry
+from ray_app.cli import app as cli
+from ray_app.data import synth
+from ray_app.data.ingest import DataError, dataset_version
+from ray_app.model.batch import batch_predict
+from ray_app.model.loaded import load
+from ray_app.model.ref import ModelRef
+from ray_app.model.scoring import Scorer
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_table_is_scored_with_versions_on_every_row_and_bad_rows_set_aside(
+    result, contract, tmp_path
+):
+    data = synth.write(
+        tmp_path / "to_score.csv",
+        3_000,
+        seed=41,
+        corruption=synth.Corruption(negative_amounts=0.02),
+    )
+    name = result.model_name
+    done = batch_predict(f"{name}@production", data, tmp_path / "scored")
+    production = registry.aliased_version(name)
+    frame = pd.read_csv(data)
+    negative = frame["monthly_charge"] < 0
+    assert done.rows == 3_000 and done.quarantined == int(negative.sum()) > 0
+    assert done.scored == 3_000 - done.quarantined
+
+    scored = pq.read_table(tmp_path / "scored").to_pandas()
+    assert list(scored.columns) == [
+        "customer_id",
+        "probability",
+        "label",
+        "model_version",
+        "data_version",
+    ]
+    assert set(scored["model_version"]) == {f"{name}/{production}"}
+    assert set(scored["data_version"]) == {dataset_version(data)}
+    assert set(scored["customer_id"]) == set(frame["customer_id"][~negative])
+    # the same numbers as the one scoring path in this process
+    mine = frame[~negative].set_index("customer_id")
+    for column in ("signup_date", "last_login"):
+        mine[column] = pd.to_datetime(mine[column])
+    scorer = Scorer.of(load(ModelRef(name, version=production)))
+    expected = scorer.proba(mine.reset_index())
+    got = scored.set_index("customer_id").loc[mine.index, "probability"].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert set(scored["label"]) <= {0, 1}
+
+    bad = pq.read_table(done.quarantine).to_pandas()
+    assert set(bad["customer_id"]) == set(frame["customer_id"][negative])
+    assert bad["_quarantine_reason"].str.contains("monthly_charge").all()
+    assert bad["monthly_charge"].str.startswith("-").all()  # kept as read
+
+
+def test_the_label_and_sensitive_columns_may_be_absent_but_inputs_may_not(result, tmp_path):
+    frame = pd.read_csv(synth.write(tmp_path / "full.csv", 1_000, seed=42))
+    frame.drop(columns=["churned", "gender"]).to_csv(tmp_path / "unlabelled.csv", index=False)
+    done = batch_predict(result.model_name, tmp_path / "unlabelled.csv", tmp_path / "out")
+    assert done.scored == 1_000 and done.quarantine is None
+
+    frame.drop(columns=["age"]).to_parquet(tmp_path / "no_age.parquet")
+    with pytest.raises(DataError, match=r"missing columns \['age'\]"):
+        batch_predict(result.model_name, tmp_path / "no_age.parquet", tmp_path / "out2")
+    with pytest.raises(DataError, match="exists"):
+        batch_predict(result.model_name, tmp_path / "unlabelled.csv", tmp_path / "out")
+
+
+def test_batch_predict_command(result, tmp_path):
+    data = synth.write(tmp_path / "t.parquet", 1_000, seed=43)
+    out = CliRunner().invoke(
+        cli,
+        ["batch-predict", "--model", f"{result.model_name}@production", "--data", str(data),
+         "--out", str(tmp_path / "scored")],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "[batch] 1,000 rows of data version" in out.output
+    assert Path(tmp_path / "scored").is_dir()
+    missing = CliRunner().invoke(
+        cli, ["batch-predict", "--model", result.model_name, "--data", str(tmp_path / "none.csv"),
+              "--out", str(tmp_path / "x")],
+    )  # fmt: skip
+    assert missing.exit_code == 2 and "no such file" in missing.output
