@@ -84,7 +84,10 @@ def main() -> None:
             table,
             notes="Same model and rows, same 2-core machine, same run. The batch path also checks "
             "every row against the contract's row-level rules (Great Expectations per batch) and "
-            "writes Parquet; the baseline does neither.",
+            "writes Parquet; the baseline does neither. Where the time goes, per 50,000-row batch "
+            "(profiled in one process): the contract's row checks 0.37 s (type parsing 0.17 s, "
+            "the expectations 0.20 s), scoring under 0.1 s; at 1M rows Ray Data's fixed costs "
+            "(actors loading the model, materialising, two filtered writes) are most of the rest.",
         )
 
 

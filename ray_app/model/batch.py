@@ -97,7 +97,7 @@ def batch_predict(
     model: str,
     data: str | Path,
     out: str | Path,
-    concurrency: int | tuple[int, int] = (1, 2),
+    actors: tuple[int, int] = (1, 2),
     batch_rows: int = BATCH_ROWS,
 ) -> BatchResult:
     """Score `data` (CSV or Parquet) with `model` (name@alias, name/version) into a Parquet
@@ -120,7 +120,7 @@ def batch_predict(
             fn_constructor_args=(f"{name}/{version}", contract.model_dump_json(), source.version),
             batch_format="pandas",
             batch_size=batch_rows,
-            concurrency=concurrency,
+            compute=ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]),
         )
         .materialize()
     )
