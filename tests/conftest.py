@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import socket
 import tempfile
 import time
@@ -31,6 +32,10 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Point every store at a temporary folder before anything imports Ray or MLflow."""
     home = tmp_path_factory.mktemp("rayapp_home")
     haproxy = tempfile.mkdtemp(prefix="hap")  # short: HAProxy's socket path is at most 97
+    # Serve's per-replica ingress ports, this session's own: by default every Serve instance
+    # on the machine counts from 30000 (HTTP) and 40000 (gRPC), and another session's router
+    # could answer this one's requests. Outside both default ranges.
+    ingress = random.randrange(21_000, 29_000, 50)
     os.environ.update(
         {
             "RAYAPP_HOME": str(home),
@@ -55,6 +60,10 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{haproxy}/admin.sock",
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": haproxy,
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{haproxy}/server-state",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(ingress),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(ingress + 50),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(ingress + 20_000),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(ingress + 20_050),
         }
     )
     return home
