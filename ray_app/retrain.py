@@ -333,12 +333,14 @@ def decide(
                 f"cooling down: retrain {last[0].data.tags.get('id')} started {since:.0f}s ago "
                 f"(cooldown_s {cfg.cooldown_s:g})",
                 *triggers,
+                *notes,
             ]
             return decision
     if source is None:
         decision.reasons = [
             *triggers,
             "but no new data: set `data` in the retrain config or pass --data",
+            *notes,
         ]
         return decision
     decision.retrain, decision.reasons = True, triggers
