@@ -561,7 +561,6 @@ def batch_predict_command(
 ) -> None:
     """Score a table through Ray Data with the one scoring path; the model version and data
     version on every row, rows that break the contract quarantined with the reason."""
-    from ray_app.data.ingest import DataError
     from ray_app.model.batch import batch_predict, describe
     from ray_app.registry import RegistryError
     from ray_app.runtime import init_ray
@@ -569,7 +568,7 @@ def batch_predict_command(
     init_ray(address)
     try:
         result = batch_predict(model, data, out)
-    except (DataError, RegistryError) as e:
+    except (RegistryError, ValueError) as e:  # ValueError: bad data (DataError) or --model
         typer.echo(f"batch-predict refused: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo("\n".join(describe(result)))
