@@ -138,11 +138,25 @@ class ReferenceSpec(BaseModel):
 
 @dataclass(frozen=True)
 class Check:
-    """One compiled expectation and the share of rows allowed to break it."""
+    """One compiled expectation (a Great Expectations type and its arguments) and the share of
+    rows allowed to break it. Plain data, so that checking a batch needs no GX import
+    (`data.rules` evaluates it); `expectation` builds the GX object where GX itself runs."""
 
-    expectation: gxe.Expectation
-    key: tuple[str, str]  # (expectation type, column or rule) as reported
+    type: str  # a GX expectation type, e.g. expect_column_values_to_be_between
+    kwargs: dict[str, Any]
     max_fraction: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(expectation type, column or rule) as reported."""
+        return check_key(self.type, self.kwargs)
+
+    @property
+    def expectation(self) -> gxe.Expectation:
+        import great_expectations.expectations as gxe
+
+        cls = getattr(gxe, "".join(part.capitalize() for part in self.type.split("_")))
+        return cls(**self.kwargs)
 
 
 class Contract(BaseModel):
@@ -235,39 +249,38 @@ class Contract(BaseModel):
     def checks(self) -> list[Check]:
         """Compile the contract into Great Expectations expectations, one per rule. Tolerances
         (`max_null_fraction`) are applied to totals over all batches, not per batch."""
-        import great_expectations.expectations as gxe
-
         out: list[Check] = []
 
-        def add(expectation: gxe.Expectation, max_fraction: float = 0.0) -> None:
-            key = check_key(expectation.expectation_type, expectation.configuration.kwargs)
-            out.append(Check(expectation, key, max_fraction))
+        def add(expectation_type: str, max_fraction: float = 0.0, **kwargs: Any) -> None:
+            out.append(Check(expectation_type, kwargs, max_fraction))
 
         for name, spec in self.columns.items():
             if not spec.nullable or spec.max_null_fraction is not None:
                 tolerance = spec.max_null_fraction if spec.nullable else 0.0
-                add(gxe.ExpectColumnValuesToNotBeNull(column=name), tolerance or 0.0)
+                add("expect_column_values_to_not_be_null", tolerance or 0.0, column=name)
             if spec.min is not None or spec.max is not None:
                 add(
-                    gxe.ExpectColumnValuesToBeBetween(
-                        column=name, min_value=_gx_bound(spec.min), max_value=_gx_bound(spec.max)
-                    )
+                    "expect_column_values_to_be_between",
+                    column=name,
+                    min_value=_gx_bound(spec.min),
+                    max_value=_gx_bound(spec.max),
                 )
             if spec.allowed is not None:
-                add(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=spec.allowed))
+                add("expect_column_values_to_be_in_set", column=name, value_set=spec.allowed)
             if spec.pattern is not None:
-                add(gxe.ExpectColumnValuesToMatchRegex(column=name, regex=spec.pattern))
+                add("expect_column_values_to_match_regex", column=name, regex=spec.pattern)
         for rule in self.rules:
             a, b = (
                 (rule.column, rule.other) if rule.op in (">=", ">") else (rule.other, rule.column)
             )
             if rule.op == "==":
-                add(gxe.ExpectColumnPairValuesToBeEqual(column_A=a, column_B=b))
+                add("expect_column_pair_values_to_be_equal", column_A=a, column_B=b)
             else:
                 add(
-                    gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-                        column_A=a, column_B=b, or_equal=rule.op in (">=", "<=")
-                    )
+                    "expect_column_pair_values_a_to_be_greater_than_b",
+                    column_A=a,
+                    column_B=b,
+                    or_equal=rule.op in (">=", "<="),
                 )
         return out
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import ray.data
 
-from ray_app.data.contract import Contract
+from ray_app.data.contract import ColumnSpec, Contract
 
 NULL_TOKENS = ("", "null", "NULL", "None", "nan", "NaN", "NA", "N/A")
 ARROW_TYPES = {
@@ -226,6 +227,42 @@ def _parse(raw: pd.Series, kind: str) -> pd.Series:
     return raw.astype("string").str.strip().astype(object)
 
 
+def _trimmed(raw: pd.Series) -> pa.Array | None:
+    """A text column as trimmed Arrow strings, or None where it holds anything but text."""
+    if not (raw.dtype == object or pd.api.types.is_string_dtype(raw)):
+        return None
+    try:
+        return pc.utf8_trim_whitespace(pa.array(raw, type=pa.string(), from_pandas=True))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+
+
+def _coerce_text(
+    raw: pd.Series, text: pa.Array, spec: ColumnSpec
+) -> tuple[pd.Series, np.ndarray] | None:
+    """The fast path of `coerce` for a text column of numbers, strings or categories: Arrow's
+    kernels, about 10x pandas' string methods. None where it does not apply (dates, booleans)
+    or the column holds a value Arrow cannot parse: `coerce`'s pandas path then decides."""
+    nulls = pa.array([*NULL_TOKENS, *spec.null_values], pa.string())
+    blank = pc.fill_null(pc.is_in(text, value_set=nulls), True)
+    present = pc.if_else(blank, pa.scalar(None, pa.string()), text)
+    if spec.type in ("string", "category"):
+        values = pd.Series(present.to_numpy(zero_copy_only=False), index=raw.index, dtype=object)
+        return values, np.zeros(len(raw), dtype=bool)
+    if spec.type not in ("integer", "float"):
+        return None
+    try:
+        numbers = pc.cast(present, pa.float64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:
+        return None
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(numbers)  # infinity is a value no model or range check can use
+        if spec.type == "integer":
+            valid &= numbers == np.round(numbers)
+    bad = ~blank.to_numpy(zero_copy_only=False) & ~valid
+    return pd.Series(np.where(valid, numbers, np.nan), index=raw.index), bad
+
+
 def coerce(batch: pd.DataFrame, contract: Contract) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
     """Parse each contract column to its type. Returns the typed frame (blank, a null token or
     one of the column's `null_values` → null) and, per column, the raw values that were
@@ -234,14 +271,19 @@ def coerce(batch: pd.DataFrame, contract: Contract) -> tuple[pd.DataFrame, dict[
     failures: dict[str, pd.Series] = {}
     for name, spec in contract.columns.items():
         raw = batch[name]
-        blank = _blank(raw, spec.null_values)
-        parsed = _parse(raw, spec.type)
-        bad = ~blank & parsed.isna().to_numpy()
+        text = _trimmed(raw)
+        fast = _coerce_text(raw, text, spec) if text is not None else None
+        if fast is not None:
+            parsed, bad = fast
+        else:
+            blank = _blank(raw, spec.null_values)
+            parsed = _parse(raw, spec.type)
+            bad = ~blank & parsed.isna().to_numpy()
+            parsed = parsed.where(~blank & ~bad)
+            if spec.type in ("string", "category"):
+                parsed = parsed.astype(object).where(parsed.notna(), None)
         if bad.any():
             failures[name] = raw[bad]
-        parsed = parsed.where(~blank & ~bad)
-        if spec.type in ("string", "category"):
-            parsed = parsed.astype(object).where(parsed.notna(), None)
         typed[name] = parsed
     return pd.DataFrame(typed, index=batch.index), failures
 

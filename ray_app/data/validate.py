@@ -1,8 +1,9 @@
-"""Validate a dataset against its contract with Great Expectations, batch by batch on Ray Data.
+"""Validate a dataset against its contract, batch by batch on Ray Data.
 
-Each Ray Data task parses its batch (`ingest.coerce`), runs the contract's GX suite on it and
-returns only counts and a few example values per expectation; the driver sums them. Memory on
-the driver is therefore bounded by the number of expectations, not the number of rows.
+Each Ray Data task parses its batch (`ingest.coerce`), checks the contract's expectations on it
+(`data.rules`: Great Expectations' semantics without its per-batch cost) and returns only
+counts and a few example values per expectation; the driver sums them. Memory on the driver
+is therefore bounded by the number of expectations, not the number of rows.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import pyarrow as pa
 import ray.data
 import ray.exceptions
 
-from ray_app.data import profile
-from ray_app.data.contract import Contract, check_key
+from ray_app.data import profile, rules
+from ray_app.data.contract import Contract
 from ray_app.data.ingest import DataError, Source, coerce, read_problem
 
 MAX_EXAMPLES = 5
@@ -102,24 +103,6 @@ class ValidationReport:
             )
 
 
-@lru_cache(maxsize=4)
-def _validator(contract_json: str) -> tuple[Any, Any]:
-    """A GX batch definition and suite, built once per worker process and contract."""
-    import great_expectations as gx
-
-    contract = Contract.model_validate_json(contract_json)
-    context = gx.get_context(mode="ephemeral")
-    batch_definition = (
-        context.data_sources.add_pandas("ray_app")
-        .add_dataframe_asset("batch")
-        .add_batch_definition_whole_dataframe("whole")
-    )
-    suite = context.suites.add(gx.ExpectationSuite(name=contract.name))
-    for expectation in contract.expectations():
-        suite.add_expectation(expectation)
-    return batch_definition, suite
-
-
 def _row(
     expectation: str, column: str, bad: int, examples: list[Any], rows: int = 0, hashes: bytes = b""
 ) -> dict:
@@ -145,23 +128,21 @@ def row_reasons(batch: pd.DataFrame, contract_json: str) -> tuple[pd.DataFrame, 
     """The typed batch and, per row, why it breaks the contract ("" for a good row). Only
     row-level rules count here; null-fraction tolerances, uniqueness and row counts are
     properties of the whole dataset."""
-    contract = Contract.model_validate_json(contract_json)
+    contract = _contract(contract_json)
     typed, failures = coerce(batch, contract)
     reasons = pd.Series("", index=typed.index, dtype=object)
     for column, bad in failures.items():
         reasons.loc[bad.index] += f"{column}: not a valid {contract.columns[column].type}; "
-    if len(typed):
-        tolerance = {c.key: c.max_fraction for c in contract.checks()}
-        batch_definition, suite = _validator(contract_json)
-        result = batch_definition.get_batch(batch_parameters={"dataframe": typed}).validate(
-            suite, result_format="COMPLETE"
-        )
-        for r in result.results:
-            key = check_key(r.expectation_config.type, r.expectation_config.kwargs)
-            if tolerance.get(key, 0.0) == 0.0 and not r.success:
-                rows = r.result.get("unexpected_index_list") or []
-                reasons.loc[rows] += f"{key[0]}({key[1]}); "
+    for check in contract.checks():
+        if check.max_fraction == 0.0 and (mask := rules.broken(typed, check)).any():
+            reasons[mask] += f"{check.key[0]}({check.key[1]}); "
     return typed, reasons.str.rstrip("; ")
+
+
+@lru_cache(maxsize=4)
+def _contract(contract_json: str) -> Contract:
+    """A contract sent to a worker as JSON, parsed once per process."""
+    return Contract.model_validate_json(contract_json)
 
 
 def validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
@@ -177,7 +158,7 @@ def validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
 
 
 def _validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
-    contract = Contract.model_validate_json(contract_json)
+    contract = _contract(contract_json)
     typed, failures = coerce(batch, contract)
     out = [_row(ROW_COUNT, "", 0, [], rows=len(batch))]
     if contract.reference is not None:
@@ -192,20 +173,9 @@ def _validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
     for column, bad in failures.items():
         kind = contract.columns[column].type
         out.append(_row(f"expect_column_values_to_parse_as_{kind}", column, len(bad), list(bad)))
-    if len(typed):
-        batch_definition, suite = _validator(contract_json)
-        result = batch_definition.get_batch(batch_parameters={"dataframe": typed}).validate(
-            suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5}
-        )
-        for r in result.results:
-            cfg = r.expectation_config
-            out.append(
-                _row(
-                    *check_key(cfg.type, cfg.kwargs),
-                    r.result.get("unexpected_count", 0 if r.success else 1) or 0,
-                    r.result.get("partial_unexpected_list") or [],
-                )
-            )
+    for check in contract.checks():
+        mask = rules.broken(typed, check)
+        out.append(_row(*check.key, mask.sum(), rules.examples(typed, check, mask, MAX_EXAMPLES)))
     return pd.DataFrame(out)
 
 
