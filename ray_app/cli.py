@@ -33,6 +33,7 @@ app.add_typer(keys_app, name="keys")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DASHBOARD = "http://127.0.0.1:8265"
+STORE_HELP = "data store URI (default: $RAYAPP_DATA_STORE, else $RAYAPP_HOME/data)"
 
 ConfigOption = Annotated[
     Path, typer.Option(help="pipeline config (contract, gates, data, training, model name)")
@@ -508,9 +509,7 @@ def deploy(
 def shadow_report(
     model: Annotated[str, typer.Option(help="served model name")] = "churn_model",
     since: Annotated[float | None, typer.Option(help="only the last SECONDS of records")] = None,
-    store: Annotated[
-        str | None, typer.Option(help="data store URI (default: $RAYAPP_HOME/data)")
-    ] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
 ) -> None:
     """Agreement rate, score differences and latency of the shadow against the primary."""
     from ray_app.data.store import open_store
@@ -529,9 +528,7 @@ def monitor(
     window_s: Annotated[
         float | None, typer.Option(help="judge the last SECONDS of the log (default: config's)")
     ] = None,
-    store: Annotated[
-        str | None, typer.Option(help="data store URI (default: $RAYAPP_HOME/data)")
-    ] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
 ) -> None:
     """Drift of the production version's recent traffic against its training data (features,
     predictions, data quality); Evidently's report and the verdict go to MLflow."""
@@ -652,9 +649,7 @@ def trace(
     since: Annotated[
         str | None, typer.Option(help="search only from this UTC date or time (2026-11-25T14)")
     ] = None,
-    store: Annotated[
-        str | None, typer.Option(help="data store URI (default: $RAYAPP_HOME/data)")
-    ] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the trace as JSON")] = False,
 ) -> None:
     """From a logged prediction to the model version, run, gate report, dataset version and
@@ -691,9 +686,7 @@ def labels_ingest(
     config: Annotated[Path, typer.Option(help="thresholds (its live: section)")] = Path(
         "configs/monitor.yaml"
     ),
-    store: Annotated[
-        str | None, typer.Option(help="data store URI (default: $RAYAPP_HOME/data)")
-    ] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
 ) -> None:
     """Store labels that arrived later, join them to logged predictions by id and time, and
     judge each version's live quality, bias and attribution drift (reports go to MLflow)."""

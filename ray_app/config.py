@@ -14,7 +14,14 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -41,6 +48,9 @@ def validate(model: type[Model], data: Any, source: str) -> Model:
         raise ConfigError(f"{source}: {problems}") from None
 
 
+DATA_STORE_ENV = "RAYAPP_DATA_STORE"  # the store's URI where the config names none
+
+
 class SplitConfig(Strict):
     train: float = 0.7
     valid: float = 0.15
@@ -65,8 +75,15 @@ class DataConfig(Strict):
     policy: Literal["fail", "quarantine"] = "fail"
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
     # Snapshot store: a local folder or any pyarrow filesystem URI (s3://bucket/prefix?region=..);
-    # None means $RAYAPP_HOME/data.
-    store: str | None = None
+    # not set: $RAYAPP_DATA_STORE, else None, which means $RAYAPP_HOME/data (`default_store`).
+    store: str | None = Field(None, validate_default=True)
+
+    @field_validator("store")
+    @classmethod
+    def _store_from_environment(cls, value: str | None) -> str | None:
+        """A cluster names one store for every node in their environment (cluster.yaml,
+        kuberay/), so the same config file serves a laptop and a cluster."""
+        return value or os.environ.get(DATA_STORE_ENV) or None
 
 
 class TrainConfig(Strict):
@@ -227,6 +244,12 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
 def rayapp_home() -> Path:
     """Where local state lives (data snapshots, MLflow store, Ray results): `$RAYAPP_HOME`."""
     return Path(os.environ.get("RAYAPP_HOME", Path.cwd() / ".rayapp")).resolve()
+
+
+def default_store() -> str:
+    """The store of snapshots, prediction logs and labels where no config or option names one:
+    `$RAYAPP_DATA_STORE`, else `$RAYAPP_HOME/data` (one machine's folder)."""
+    return DataConfig().store or str(rayapp_home() / "data")
 
 
 MASK = "***"

@@ -37,7 +37,9 @@ def configure() -> str:
 
 def experiment_id(name: str) -> str:
     """The experiment's id, created on first use. With a local SQLite store its artifacts go
-    under `$RAYAPP_HOME/artifacts` rather than wherever the creating process happened to run."""
+    under `$RAYAPP_HOME/artifacts` rather than wherever the creating process happened to run.
+    With an `mlflow server` (a cluster) the server's own root is used, `mlflow-artifacts:/`
+    proxied to its `--artifacts-destination`, so no node needs the object store's keys."""
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is not None:

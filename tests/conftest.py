@@ -36,6 +36,8 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # on the machine counts from 30000 (HTTP) and 40000 (gRPC), and another session's router
     # could answer this one's requests. Outside both default ranges.
     ingress = random.randrange(21_000, 29_000, 50)
+    for name in ("RAYAPP_DATA_STORE", "MLFLOW_S3_ENDPOINT_URL"):  # never a developer's real store
+        os.environ.pop(name, None)
     os.environ.update(
         {
             "RAYAPP_HOME": str(home),

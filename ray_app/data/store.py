@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from ray_app.config import rayapp_home, redact_url
+from ray_app.config import default_store, redact_url
 
 
 class DataStore:
@@ -77,5 +77,6 @@ class DataStore:
 
 
 def open_store(uri: str | Path | None) -> DataStore:
-    """The configured store, or `$RAYAPP_HOME/data` when none is configured."""
-    return DataStore(uri or rayapp_home() / "data")
+    """The configured store, else `default_store()`: `$RAYAPP_DATA_STORE` (on a cluster, the
+    one store every node shares), else `$RAYAPP_HOME/data`."""
+    return DataStore(uri or default_store())
