@@ -54,6 +54,10 @@ ModelOption = Annotated[
 YesOption = Annotated[
     bool, typer.Option("--yes", "-y", help="move production without asking for confirmation")
 ]
+FreshOption = Annotated[
+    bool,
+    typer.Option(help="start a new run even where a killed run of this config and data resumes"),
+]
 
 
 def print_result(result: PipelineResult) -> None:
@@ -118,7 +122,7 @@ def _confirm(yes: bool):
 def _run_pipeline(config: Path, address: str | None, yes: bool, **kwargs) -> None:
     from ray_app.data.ingest import DataError
     from ray_app.data.validate import ValidationTaskError
-    from ray_app.pipeline import run
+    from ray_app.pipeline import PipelineBusy, run
     from ray_app.runtime import init_ray
     from ray_app.train import ResourcesUnavailable
 
@@ -129,7 +133,7 @@ def _run_pipeline(config: Path, address: str | None, yes: bool, **kwargs) -> Non
     except DataError as e:
         typer.echo(f"pipeline stopped: {e}", err=True)
         raise typer.Exit(2) from None
-    except (ValidationTaskError, ResourcesUnavailable) as e:
+    except (ValidationTaskError, ResourcesUnavailable, PipelineBusy) as e:
         typer.echo(f"pipeline failed: {e}", err=True)
         raise typer.Exit(1) from None
     print_result(result)
@@ -143,9 +147,11 @@ def pipeline(
     contract: ContractOption = None,
     address: AddressOption = None,
     yes: YesOption = False,
+    fresh: FreshOption = False,
 ) -> None:
-    """Validate, snapshot, featurise, train, track, register and gate in one run."""
-    _run_pipeline(config, address, yes, data=data, contract_path=contract)
+    """Validate, snapshot, featurise, train, track, register and gate in one run. A run of
+    the same config and data that was killed is resumed after its last finished step."""
+    _run_pipeline(config, address, yes, data=data, contract_path=contract, fresh=fresh)
 
 
 @app.command()
@@ -155,9 +161,12 @@ def train(
     contract: ContractOption = None,
     address: AddressOption = None,
     yes: YesOption = False,
+    fresh: FreshOption = False,
 ) -> None:
     """Train again on an existing data version: same version, config and seed, same model."""
-    _run_pipeline(config, address, yes, data_version=data_version, contract_path=contract)
+    _run_pipeline(
+        config, address, yes, data_version=data_version, contract_path=contract, fresh=fresh
+    )
 
 
 @app.command("tune")

@@ -20,14 +20,12 @@ event on the registered model (`rayapp history`).
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
-import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +43,7 @@ from ray_app.data.sources import resolve_snapshot
 from ray_app.data.store import open_store
 from ray_app.evaluate.gate import load_gates
 from ray_app.evaluate.job import run_gate
+from ray_app.journal import Busy, hold, load_entry, save_entry
 from ray_app.model.ref import ModelRef
 from ray_app.monitor import drift, gauges
 from ray_app.progress import Steps
@@ -110,7 +109,7 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
     return RetrainConfig.model_validate(load_yaml(path))
 
 
-class RetrainBusy(RuntimeError):
+class RetrainBusy(Busy):
     """Another process holds this model's retrain lock."""
 
 
@@ -142,19 +141,10 @@ class Journal:
 
     @classmethod
     def load(cls, model: str) -> Journal | None:
-        path = cls.path(model)
-        if not path.is_file():
-            return None
-        raw = json.loads(path.read_text())
-        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+        return load_entry(cls, cls.path(model))
 
     def save(self) -> None:
-        """Atomically: a crash leaves the previous journal or this one, never half of one."""
-        path = self.path(self.model)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
+        save_entry(self, self.path(self.model))
 
     def update(self, **changes: Any) -> None:
         """Record a step's result: the journal first, then the MLflow run's tags."""
@@ -209,26 +199,9 @@ class Decision:
         ]
 
 
-@contextmanager
-def locked(model: str) -> Iterator[None]:
+def locked(model: str) -> AbstractContextManager[None]:
     """The model's retrain lock: exclusive, and released by the kernel if its holder dies."""
-    path = rayapp_home() / "retrain" / f"{model}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RetrainBusy(f"a retrain of {model} is already running ({holder})") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} since {_now():%F %T} UTC")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return hold(rayapp_home() / "retrain" / f"{model}.lock", f"a retrain of {model}", RetrainBusy)
 
 
 def _now() -> dt.datetime:

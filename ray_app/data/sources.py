@@ -25,6 +25,11 @@ def builtin_dataset(rows: int, seed: int) -> Path:
     return path
 
 
+def source_path(cfg: PipelineConfig, data: str | Path | None) -> Path:
+    """The table a run reads: the one given, else the configured one, else the built-in one."""
+    return Path(data or cfg.data.path or builtin_dataset(cfg.data.synth_rows, cfg.data.seed))
+
+
 def ingest(cfg: PipelineConfig, contract: Contract, data: Path, step: Steps) -> Snapshot:
     """Validate a source against its contract and snapshot it; bad data stops here."""
     home = rayapp_home()
@@ -67,5 +72,4 @@ def resolve_snapshot(
         snap = find_snapshot(open_store(cfg.data.store), data_version, contract)
         step(f"[snapshot] reusing data version {snap.version} ({snap.rows} rows of {snap.source})")
         return snap
-    path = data or cfg.data.path or builtin_dataset(cfg.data.synth_rows, cfg.data.seed)
-    return ingest(cfg, contract, Path(path), step)
+    return ingest(cfg, contract, source_path(cfg, data), step)
