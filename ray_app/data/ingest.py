@@ -142,11 +142,17 @@ def csv_options(columns: list[str]) -> dict:
     }
 
 
+def on_this_node(path: Path) -> str:
+    """A path on this machine's disk as Ray Data must name it: `local://` runs the read or
+    write tasks on this node, where on a cluster another node would not find the file."""
+    return f"local://{path}"
+
+
 def read_raw(source: Source, contract: Contract) -> ray.data.Dataset:
     """Read a source with Ray Data; CSV columns are kept as text for `coerce` to parse."""
     if source.fmt == "parquet":
-        return ray.data.read_parquet(str(source.path))
-    return ray.data.read_csv(str(source.path), **csv_options(source.columns))
+        return ray.data.read_parquet(on_this_node(source.path))
+    return ray.data.read_csv(on_this_node(source.path), **csv_options(source.columns))
 
 
 def read_problem(source: Source) -> str | None:

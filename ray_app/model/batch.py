@@ -3,8 +3,9 @@ actor, every output row stamped with the model version and the data version it c
 
 Rows are checked against the contract's row-level rules first (`data.validate.row_reasons`,
 the rules ingestion quarantines by); a row that breaks one is never scored but written, as it
-was read, to a quarantine file with the reason. The label and the sensitive columns may be
-absent from a table to score; the model's inputs and the id may not.
+was read, to a quarantine file with the reason (a second read, taken only when there are such
+rows, so that the scoring pass carries only the id and the scores). The label and the
+sensitive columns may be absent from a table to score; the model's inputs and the id may not.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import ray.data
 from ray.data.expressions import col
 
 from ray_app.data.contract import Contract
-from ray_app.data.ingest import DataError, Source, open_source, read_raw
+from ray_app.data.ingest import DataError, Source, on_this_node, open_source, read_raw
 from ray_app.data.quarantine import REASON
 from ray_app.data.validate import row_reasons
 from ray_app.model.loaded import load
@@ -74,15 +75,14 @@ class _Score:
         self.version = f"{model.name}/{model.version}"
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        raw = batch.reindex(columns=list(self.contract.columns))  # absent optional columns: null
-        typed, reasons = row_reasons(raw, self.contract_json)
+        typed, reasons = row_reasons(_as_contract(batch, self.contract), self.contract_json)
         good = (reasons == "").to_numpy()
-        proba = np.full(len(raw), np.nan)
+        proba = np.full(len(typed), np.nan)
         if good.any():
             proba[good] = self.scorer.proba(typed[good])
-        labels = pd.Series(self.scorer.labels(proba), index=raw.index).where(good, None)
-        out = raw.astype("string").astype(object).where(raw.notna(), None)
-        return out.assign(
+        labels = pd.Series(self.scorer.labels(proba), index=typed.index).where(good, None)
+        ids = [self.contract.id_column] if self.contract.id_column else []
+        return typed[ids].assign(
             **{
                 PROBABILITY: proba,
                 LABEL: labels.astype(object),
@@ -91,6 +91,22 @@ class _Score:
                 REASON: reasons.to_numpy(),
             }
         )
+
+
+def _as_contract(batch: pd.DataFrame, contract: Contract) -> pd.DataFrame:
+    """The contract's columns; an optional one the table lacks is all null."""
+    return batch.reindex(columns=list(contract.columns))
+
+
+def _quarantined(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
+    """The batch's rows that break the contract, as read (only the columns the table has),
+    with the reason."""
+    checked = _as_contract(batch, Contract.model_validate_json(contract_json))
+    reasons = row_reasons(checked, contract_json)[1]
+    bad = (reasons != "").to_numpy()
+    raw = batch[bad]
+    as_read = raw.astype("string").astype(object).where(raw.notna(), None)
+    return as_read.assign(**{REASON: reasons[bad].to_numpy()})
 
 
 def batch_predict(
@@ -124,18 +140,16 @@ def batch_predict(
         )
         .materialize()
     )
-    keep = [c for c in (contract.id_column,) if c] + [
-        PROBABILITY,
-        LABEL,
-        MODEL_VERSION,
-        DATA_VERSION,
-    ]
-    good = scored.filter(expr=col(REASON) == "")
-    bad = scored.filter(expr=col(REASON) != "")
-    _write(good.select_columns(keep), out)
-    quarantined = bad.count()
-    if quarantined:
-        _write(bad.drop_columns([PROBABILITY, LABEL]), bad_out)
+    _write(scored.filter(expr=col(REASON) == "").drop_columns([REASON]), out)
+    quarantined = scored.filter(expr=col(REASON) != "").count()
+    if quarantined:  # rare: read again, keeping the bad rows as read, rather than every row
+        bad = read_raw(source, contract).map_batches(
+            _quarantined,
+            fn_kwargs={"contract_json": contract.model_dump_json()},
+            batch_format="pandas",
+            batch_size=batch_rows,
+        )
+        _write(bad, bad_out)
     rows = scored.count()
     return BatchResult(
         f"{name}/{version}",
@@ -153,7 +167,7 @@ def _write(ds: ray.data.Dataset, target: Path) -> None:
     """Into a temporary sibling, renamed into place: a folder there is always complete."""
     tmp = target.with_name(f".tmp-{target.name}-{uuid.uuid4().hex[:8]}")
     try:
-        ds.write_parquet(str(tmp))
+        ds.write_parquet(on_this_node(tmp))
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
