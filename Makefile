@@ -101,6 +101,8 @@ bench: install
 	$(BIN)/python -m bench.serving_bench
 	$(BIN)/python -m bench.http_bench
 	$(BIN)/python -m bench.monitor_bench
+	$(BIN)/python -m bench.batch_bench --rows 1000000 10000000
+	$(BIN)/python -m bench.scale_bench
 
 lint: install
 	$(BIN)/ruff check ray_app jobs tests bench

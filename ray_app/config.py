@@ -246,6 +246,13 @@ def rayapp_home() -> Path:
     return Path(os.environ.get("RAYAPP_HOME", Path.cwd() / ".rayapp")).resolve()
 
 
+def results_root() -> Path:
+    """Where Ray Train and Tune keep runs and checkpoints: `$RAYAPP_RESULTS` (on a cluster, a
+    shared filesystem every node mounts at the same path, since Ray refuses a folder only the
+    head can see), else `$RAYAPP_HOME/ray_results`."""
+    return Path(os.environ.get("RAYAPP_RESULTS") or rayapp_home() / "ray_results").resolve()
+
+
 def default_store() -> str:
     """The store of snapshots, prediction logs and labels where no config or option names one:
     `$RAYAPP_DATA_STORE`, else `$RAYAPP_HOME/data` (one machine's folder)."""

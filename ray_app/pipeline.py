@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from ray.train.xgboost import RayTrainReportCallback
 
 from ray_app import features, registry, tracking
-from ray_app.config import PipelineConfig, rayapp_home, redacted
+from ray_app.config import PipelineConfig, rayapp_home, redacted, results_root
 from ray_app.data import report as validation_report
 from ray_app.data.contract import Contract, load_contract
 from ray_app.data.ingest import open_source
@@ -244,7 +244,7 @@ def _train_and_publish(
                 prepared.splits[VALID],
                 prepared.features.feature_names,
                 sized,
-                rayapp_home() / "ray_results",
+                results_root(),
                 f"train-{snap.version}-{run_id[:8]}",
             )
             mlflow.log_metrics(result.metrics)

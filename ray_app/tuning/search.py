@@ -1,10 +1,10 @@
 """`rayapp tune`: a Ray Tune search over a validated snapshot, tracked as one MLflow parent run
 with a child run per trial; its best trial's model is registered as alias `candidate`.
 
-A search lives in `$RAYAPP_HOME/ray_results/<name>/`, beside Tune's own state, with
-`rayapp_search.json` recording what a resume needs: the data version, both configs (redacted:
-a resume takes their secrets from the configs it is given) and the parent run. `--resume`
-restores Tune's state, so finished trials are not run again.
+A search lives in `results_root()/<name>/` (`$RAYAPP_HOME/ray_results` by default), beside
+Tune's own state, with `rayapp_search.json` recording what a resume needs: the data version,
+both configs (redacted: a resume takes their secrets from the configs it is given) and the
+parent run. `--resume` restores Tune's state, so finished trials are not run again.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from ray_app import registry, tracking
-from ray_app.config import PipelineConfig, SearchConfig, rayapp_home, redacted, unredacted
+from ray_app.config import PipelineConfig, SearchConfig, redacted, results_root, unredacted
 from ray_app.data.contract import Contract, load_contract
 from ray_app.data.snapshot import Snapshot
 from ray_app.data.sources import resolve_snapshot
@@ -64,7 +64,7 @@ class SearchResult:
 
 
 def searches_root() -> Path:
-    return rayapp_home() / "ray_results"
+    return results_root()
 
 
 class SearchError(RuntimeError):
