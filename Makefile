@@ -21,7 +21,7 @@ CLUSTER_ENV := RAY_AUTH_MODE=token
 # (bench/RESULTS.md). Read by the cluster's processes, so it is set when the head starts.
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 
-.PHONY: help install run cluster pipeline tune deploy test tools bench lint stop mlflow-ui
+.PHONY: help install run cluster pipeline tune deploy test tools bench lint stop mlflow-ui strip-notebooks
 
 help:
 	@echo "make run    - install, start a local Ray cluster, run the pipeline, serve the model"
@@ -30,6 +30,7 @@ help:
 	@echo "make stop   - stop the local Ray cluster"
 	@echo "make bench  - run the benchmarks (bench/RESULTS.md)"
 	@echo "make mlflow-ui - MLflow UI on http://127.0.0.1:5000"
+	@echo "make strip-notebooks - clear notebook outputs before committing"
 
 install: $(VENV)/.installed
 
@@ -112,3 +113,6 @@ stop:
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+strip-notebooks: install
+	$(BIN)/python notebooks/strip.py
