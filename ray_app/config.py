@@ -97,6 +97,11 @@ class TrainConfig(Strict):
     # How long training waits for the CPUs (and GPUs) it needs before it stops and says what
     # it asked for and what was free; it takes fewer CPUs per worker when only fewer are free.
     placement_timeout_s: float = Field(60, gt=0)
+    # Fault tolerance: the model so far is checkpointed every `checkpoint_every` rounds (0: only
+    # at the end), and Ray Train restarts a failed worker group (a lost node, a killed worker)
+    # up to `max_failures` times (-1: no limit), resuming from the latest checkpoint.
+    checkpoint_every: int = Field(0, ge=0)
+    max_failures: int = Field(0, ge=-1)
 
 
 class TrackingConfig(Strict):
@@ -242,8 +247,13 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
 
 
 def rayapp_home() -> Path:
-    """Where local state lives (data snapshots, MLflow store, Ray results): `$RAYAPP_HOME`."""
-    return Path(os.environ.get("RAYAPP_HOME", Path.cwd() / ".rayapp")).resolve()
+    """Where local state lives (data snapshots, MLflow store, Ray results): `$RAYAPP_HOME`,
+    else `.rayapp` in the working directory, except in a Ray job (`ray job submit`), whose
+    working directory is a temporary copy deleted with the session: there `~/.rayapp`."""
+    if home := os.environ.get("RAYAPP_HOME"):
+        return Path(home).resolve()
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    return ((Path.home() if in_job else Path.cwd()) / ".rayapp").resolve()
 
 
 def results_root() -> Path:
