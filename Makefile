@@ -20,6 +20,9 @@ CLUSTER_ENV := RAY_AUTH_MODE=token
 # Serve's bundled HAProxy instead of the Python proxy: about 10x the requests/s on 2 cores
 # (bench/RESULTS.md). Read by the cluster's processes, so it is set when the head starts.
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
+# A request in flight on a router replica that dies is replayed on another one instead of its
+# connection closing unanswered (scoring has no side effects; tests/test_failures.py).
+export RAY_SERVE_HAPROXY_RETRY_ON ?= conn-failure empty-response
 
 .PHONY: help install run cluster pipeline tune deploy test tools bench lint stop mlflow-ui strip-notebooks
 

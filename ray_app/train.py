@@ -4,15 +4,17 @@ tuning and benchmarks.
 `boost` is the loop every model is trained with, in a Ray Train worker or in a single-process
 Tune trial: the same early-stopping rule (XGBoost's `EarlyStopping`, keeping the best round)
 and the same round counting (`summary`). Each worker trains on its shard of the transformed
-data; rank 0 saves the booster in XGBoost's own UBJ format into the one checkpoint of the
-run. Ray Train hears about progress once, at the end, unless a Tune trial asks for a report
-every N rounds: each `ray.train.report` waits for the controller's poll
+data; rank 0 saves the booster in XGBoost's own UBJ format into the run's checkpoint. Ray
+Train hears about progress at the end, every `checkpoint_every` rounds (a checkpoint that a
+worker group restarted after a failure resumes from), and every `report_every` rounds when a
+Tune trial asks: each `ray.train.report` waits for the controller's poll
 (`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`), so a report per round would cost more than the
 training itself.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +34,9 @@ from ray_app.metrics import eval_key
 
 ROUNDS = "rounds"  # boosting rounds run (early stopping may keep fewer): ASHA's clock
 MODEL_ROUNDS = "model_rounds"  # rounds in the kept model
+RESUMED_FROM = "resumed_from"  # the round a restarted run went on from (0: it never restarted)
+MODEL_FILE = RayTrainReportCallback.CHECKPOINT_NAME  # "model.ubj", as Ray's callbacks name it
+STATE_FILE = "state.json"  # beside the model in a checkpoint: the rounds run so far
 
 
 @dataclass
@@ -105,45 +110,80 @@ class _History(xgb.callback.TrainingCallback):
         return False
 
 
-class _ProgressReport(xgb.callback.TrainingCallback):
-    """Metrics every `every` rounds, for Tune's schedulers; each rank calls (a barrier)."""
+def _report(
+    metrics: dict[str, float], model: xgb.Booster | None = None, final: bool = False
+) -> None:
+    """Every rank calls report (it is a barrier); with `model`, rank 0 attaches it and the
+    rounds run so far as the run's checkpoint (the final one also keeps its metrics)."""
+    if model is None or ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    state = {ROUNDS: metrics[ROUNDS], "final": metrics if final else None}
+    with tempfile.TemporaryDirectory() as d:
+        model.save_model(str(Path(d) / MODEL_FILE))
+        (Path(d) / STATE_FILE).write_text(json.dumps(state))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    def __init__(self, every: int):
-        self.every = every
+
+def _resume_point() -> tuple[int, xgb.Booster | None, dict[str, float] | None]:
+    """The rounds run, the model and, for a finished run, its final metrics, from the run's
+    latest checkpoint: Ray Train restarted the worker group after a failure, or the run's name
+    was run before. (0, None, None) on a first start."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, None, None
+    with checkpoint.as_directory() as d:
+        state = json.loads((Path(d) / STATE_FILE).read_text())
+        model = xgb.Booster(model_file=str(Path(d) / MODEL_FILE))
+        return state[ROUNDS], model, state.get("final")
+
+
+class _Progress(xgb.callback.TrainingCallback):
+    """Metrics every `report_every` rounds (a Tune trial's ASHA needs them) and the model every
+    `checkpoint_every` rounds (0: neither); the last round's report is the final one."""
+
+    def __init__(self, report_every: int, checkpoint_every: int, start: int, rounds: int):
+        self.report_every, self.checkpoint_every = report_every, checkpoint_every
+        self.start, self.rounds = start, rounds
 
     def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
-        if (epoch + 1) % self.every == 0:
-            ray.train.report({**metrics_at(evals_log, epoch), ROUNDS: epoch + 1})
+        done = self.start + epoch + 1
+        checkpoint = bool(self.checkpoint_every) and done % self.checkpoint_every == 0
+        due = checkpoint or (bool(self.report_every) and done % self.report_every == 0)
+        if due and done < self.rounds:
+            _report({**metrics_at(evals_log, epoch), ROUNDS: done}, model if checkpoint else None)
         return False
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker; the xgboost collective is set up by XGBoostTrainer.
 
-    With `report_every`, progress is reported every so many rounds (a Tune trial's ASHA needs
-    it); otherwise once, at the end, with the model.
+    Progress is reported every `report_every` rounds (a Tune trial's ASHA needs it) and
+    checkpointed every `checkpoint_every`; the last report carries the kept model. A worker
+    group that Ray Train restarted (`FailureConfig`) goes on from the latest checkpoint.
     """
     names = config["feature_names"]
+    rounds = config["num_boost_round"]
+    start, model, finished = _resume_point()
+    if finished is not None:  # failed after its final report: that model is the result
+        _report(finished, model, final=True)
+        return
     history = _History()
-    callbacks: list[xgb.callback.TrainingCallback] = [history]
-    if config.get("report_every"):
-        callbacks.append(_ProgressReport(config["report_every"]))
+    progress = _Progress(
+        config.get("report_every", 0), config.get("checkpoint_every", 0), start, rounds
+    )
     booster = boost(
         config["params"],
         _dmatrix(TRAIN, names),
         _dmatrix(VALID, names),
-        config["num_boost_round"],
+        rounds - start,
         config.get("early_stopping_rounds"),
         config.get("metric"),
-        callbacks,
+        [history, progress],
+        start_from=model,
     )
-    metrics = summary(history.evals_log, booster)
-    if ray.train.get_context().get_world_rank() == 0:
-        with tempfile.TemporaryDirectory() as d:
-            booster.save_model(str(Path(d) / RayTrainReportCallback.CHECKPOINT_NAME))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-    else:
-        ray.train.report(metrics)  # every rank must call report: it is a barrier
+    metrics = {**summary(history.evals_log, booster, start), RESUMED_FROM: start}
+    _report(metrics, booster, final=True)
 
 
 def xgb_params(cfg: TrainConfig, threads: int) -> dict[str, Any]:
@@ -170,6 +210,7 @@ def build_trainer(
         "early_stopping_rounds": cfg.early_stopping_rounds,
         "feature_names": feature_names,
         "report_every": report_every,
+        "checkpoint_every": cfg.checkpoint_every,
         "metric": metric,
     }
     return XGBoostTrainer(
@@ -190,6 +231,7 @@ def build_trainer(
             name=name,
             storage_path=str(storage_path),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             callbacks=callbacks,
         ),
     )

@@ -56,6 +56,9 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
             # Serve's HAProxy ingress, as `make run` and the RayService run it, with its
             # ports and files this session's own (a `make run` cluster may be up beside it).
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            # As `make run` and the RayService: a request in flight on a Router replica that
+            # dies is replayed on another (HAProxy L7 retry); scoring has no side effects.
+            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{haproxy}/haproxy.cfg",
