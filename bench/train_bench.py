@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -63,7 +64,7 @@ def run(rows: int, rounds: int, storage: Path) -> tuple:
             names,
             cfg,
             storage,
-            f"bench-{rows}-{rounds}",
+            f"bench-{rows}-{rounds}-{uuid.uuid4().hex[:8]}",  # a new run each time
         )
 
     def plain():

@@ -144,7 +144,9 @@ def csv_options(columns: list[str]) -> dict:
 
 def on_this_node(path: Path) -> str:
     """A path on this machine's disk as Ray Data must name it: `local://` runs the read or
-    write tasks on this node, where on a cluster another node would not find the file."""
+    write tasks on this node, where on a cluster another node would not find the file. Ray
+    2.60 warns that `local://` goes after January 2027; by then such data belongs on storage
+    every node reaches (the store's object store)."""
     return f"local://{path}"
 
 
