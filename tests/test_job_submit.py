@@ -109,7 +109,10 @@ def head(home: Path) -> Iterator[RayHead]:
 
 @pytest.fixture(scope="module")
 def mlflow_client(home: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    # Both URIs: without registry_uri, MLflow uses the process's global registry URI, which
+    # earlier tests set to the session's store.
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @pytest.fixture(scope="module")
