@@ -11,6 +11,8 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,6 +21,7 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "RESULTS.md"
+RESULT = "RESULT "  # the line a child process reports its figures on
 
 
 @dataclass
@@ -54,6 +57,46 @@ def compare(
         result.baseline_s.append(timed(baseline[1])[0])
         result.workload_s.append(timed(workload[1])[0])
     return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's `ru_maxrss` carries the parent's peak
+    across fork and exec (a child of a driver that trained a model would start at its size),
+    so the address space's own high-water mark is read instead."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def report(figures: dict[str, Any]) -> None:
+    """A child process's figures, for `run_child` to read."""
+    print(RESULT + json.dumps(figures), flush=True)
+
+
+def run_child(
+    module: str, *args: str, env: dict[str, str] | None = None, echo: bool = False
+) -> dict[str, Any]:
+    """`python -m module args` in a fresh process (its own memory, imports and Ray), and the
+    figures it `report`ed; its output's tail when it fails (`echo`: its stderr's tail always,
+    e.g. a profile)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=BENCH_DIR.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    if echo:
+        print(proc.stderr[-12000:])
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+    if proc.returncode or not lines:
+        raise RuntimeError(
+            f"{module} {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1][len(RESULT) :])
 
 
 def record(c: Comparison, table: list[tuple[str, str]], notes: str = "") -> None:

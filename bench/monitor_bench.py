@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import posixpath
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.harness import peak_rss_mb, report, run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "churn_model"
@@ -45,17 +44,6 @@ def _env(home: Path) -> None:
         }
     )
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux's `ru_maxrss` carries the parent's peak
-    across fork and exec (a child of this driver, which trained a model and built the log,
-    would start at its size), so the address space's own high-water mark is read instead."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def production_model(home: Path) -> None:
@@ -154,7 +142,7 @@ def child(mode: str, store_root: str, hours: float, profile: bool) -> None:
     store = DataStore(store_root)
     now, window_s = _window(hours)
     cfg = drift.MonitorConfig(window_s=window_s)
-    out: dict = {"imports_rss_mb": _peak_rss_mb()}  # what the process holds before the work
+    out: dict = {"imports_rss_mb": peak_rss_mb()}  # what the process holds before the work
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
     if profiler:
@@ -192,27 +180,15 @@ def child(mode: str, store_root: str, hours: float, profile: bool) -> None:
         profiler.disable()
         stats = pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative")
         stats.print_stats(40)
-    out["peak_rss_mb"] = _peak_rss_mb()
-    print("RESULT " + json.dumps(out), flush=True)
+    out["peak_rss_mb"] = peak_rss_mb()
+    report(out)
 
 
 def measure(mode: str, store: Path, hours: float, profile: bool = False, **env: str) -> dict:
-    command = [sys.executable, "-m", "bench.monitor_bench", "--child", mode]
-    command += ["--store", str(store), "--hours", str(hours)]
-    proc = subprocess.run(
-        [*command, *(["--profile"] if profile else [])],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **env},
+    args = ["--child", mode, "--store", str(store), "--hours", str(hours)]
+    return run_child(
+        "bench.monitor_bench", *args, *(["--profile"] if profile else []), env=env, echo=profile
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"{mode} run failed:\n{proc.stderr[-3000:]}")
-    if profile:
-        print(proc.stderr[-12000:])
-    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> None:

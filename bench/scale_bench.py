@@ -12,16 +12,13 @@ grow with the data.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import Comparison, record
+from bench.harness import Comparison, record, report, run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP = re.compile(r"^\[(\w+)\].*\((\d+(?:\.\d+)?)s\)$")
@@ -60,7 +57,7 @@ def child(data: Path, home: Path) -> None:
     started = time.perf_counter()
     result = pipeline.run(load_pipeline_config(ROOT / "configs" / "pipeline.yaml"), data, log=log)
     total = time.perf_counter() - started
-    print("RESULT " + json.dumps({"steps": steps, "total": total, "rows": result.rows}))
+    report({"steps": steps, "total": total, "rows": result.rows})
 
 
 def measure(rows: int, tmp: Path) -> dict:
@@ -68,18 +65,10 @@ def measure(rows: int, tmp: Path) -> dict:
 
     data = synth.write(tmp / f"churn-{rows}.csv", rows, seed=7)
     home = tmp / f"home-{rows}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.scale_bench", "--child", str(data), "--home", str(home)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    data.unlink()
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"{rows} rows failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
+    try:
+        return run_child("bench.scale_bench", "--child", str(data), "--home", str(home))
+    finally:
+        data.unlink()
 
 
 def main() -> None:

@@ -12,23 +12,15 @@ baseline, with the driver's peak memory under 2 GB.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import Comparison, record
+from bench.harness import Comparison, peak_rss_mb, record, report, run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = ROOT / "configs" / "contract.yaml"
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_ray(path: Path, contract_path: Path) -> dict:
@@ -78,24 +70,14 @@ def child(mode: str, path: Path, contract_path: Path) -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     out = (run_ray if mode == "ray" else run_gx)(path, contract_path)
-    out["peak_rss_mb"] = _peak_rss_mb()
-    print("RESULT " + json.dumps(out), flush=True)
+    out["peak_rss_mb"] = peak_rss_mb()
+    report(out)
 
 
 def measure(mode: str, path: Path, contract_path: Path = CONTRACT) -> dict:
     """One side of the comparison in a fresh child process."""
-    command = ["-m", "bench.validate_bench", "--child", mode, "--path", str(path)]
-    proc = subprocess.run(
-        [sys.executable, *command, "--contract", str(contract_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"{mode} run failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
+    args = ["--child", mode, "--path", str(path), "--contract", str(contract_path)]
+    return run_child("bench.validate_bench", *args)
 
 
 def main() -> None:

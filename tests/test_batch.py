@@ -78,6 +78,18 @@ def test_the_label_and_sensitive_columns_may_be_absent_but_inputs_may_not(result
         batch_predict(result.model_name, tmp_path / "unlabelled.csv", tmp_path / "out")
 
 
+def test_a_table_of_only_bad_rows_scores_nothing_and_loses_none(result, tmp_path):
+    frame = pd.read_csv(synth.write(tmp_path / "full.csv", 200, seed=44))
+    frame["monthly_charge"] = -frame["monthly_charge"].abs() - 1
+    frame.to_parquet(tmp_path / "bad.parquet")
+    done = batch_predict(result.model_name, tmp_path / "bad.parquet", tmp_path / "out")
+    assert (done.rows, done.scored, done.quarantined) == (200, 0, 200)
+    assert (tmp_path / "out").is_dir() and not list((tmp_path / "out").iterdir())
+    held = pq.read_table(done.quarantine).to_pandas()
+    assert sorted(held["customer_id"]) == sorted(frame["customer_id"])
+    assert not list(tmp_path.glob(".tmp-*"))  # no staging folder left behind
+
+
 def test_batch_predict_command(result, tmp_path):
     data = synth.write(tmp_path / "t.parquet", 1_000, seed=43)
     out = CliRunner().invoke(

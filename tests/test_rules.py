@@ -142,3 +142,56 @@ def test_arrow_parsing_of_numbers_agrees_with_pandas(kind, text):
         values, bad = fast
         pd.testing.assert_series_equal(values, slow, check_names=False)
         assert bad.tolist() == slow_bad.tolist()
+
+
+ODD_DATES = [
+    "2026-01-05",
+    " 2026-01-05 ",
+    "2026-01-05 10:11:12",
+    "2026-01-05T10:11:12.123456789",
+    "2026-01-05T10",
+    "2026-01-05T10:11:12Z",
+    "2026-01-05T10:11:12+02:00",
+    "20260105",
+    "2026-1-5",
+    "2026/01/05",
+    "2026-01",
+    "2026-02-30",
+    "2026-01-05T25:00:00",
+    "0001-01-01",
+    "2262-04-12",
+    "2026-W01",
+    "05/01/2026",
+    "",
+    "null",
+    "?",
+]
+
+
+@pytest.mark.parametrize("text", ODD_DATES)
+def test_arrow_parsing_of_dates_agrees_with_pandas(text):
+    """Where Arrow parses a date column at all, it gives what pandas' ISO 8601 parser gives;
+    anything else is left to pandas."""
+    from ray_app.data import ingest
+    from ray_app.data.contract import ColumnSpec
+
+    spec = ColumnSpec(type="date", null_values=["?"])
+    raw = pd.Series([text, "2026-07-01"], index=[10, 11], dtype=object)
+    fast = ingest._coerce_text(raw, ingest._trimmed(raw), spec)
+    blank = ingest._blank(raw, spec.null_values)
+    slow = ingest._parse(raw, "date")
+    assert slow[11] == pd.Timestamp("2026-07-01")
+    if fast is not None:
+        values, bad = fast
+        pd.testing.assert_series_equal(values, slow.where(~blank), check_names=False)
+        assert not (~blank & slow.isna().to_numpy()).any() and not bad.any()
+
+
+def test_date_columns_take_the_arrow_path():
+    from ray_app.data import ingest
+    from ray_app.data.contract import ColumnSpec
+
+    raw = pd.Series(["2026-01-05", "", "2026-07-01 08:00:00"], dtype=object)
+    values, _ = ingest._coerce_text(raw, ingest._trimmed(raw), ColumnSpec(type="date"))
+    assert values.tolist()[::2] == [pd.Timestamp("2026-01-05"), pd.Timestamp("2026-07-01 08:00")]
+    assert values.isna().tolist() == [False, True, False]

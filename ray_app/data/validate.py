@@ -124,19 +124,24 @@ def _hashes(values: pd.Series) -> bytes:
     return pd.util.hash_pandas_object(present, index=False).to_numpy(np.uint64).tobytes()
 
 
-def row_reasons(batch: pd.DataFrame, contract_json: str) -> tuple[pd.DataFrame, pd.Series]:
+def row_reasons(batch: pd.DataFrame, contract_json: str) -> tuple[pd.DataFrame, np.ndarray]:
     """The typed batch and, per row, why it breaks the contract ("" for a good row). Only
     row-level rules count here; null-fraction tolerances, uniqueness and row counts are
-    properties of the whole dataset."""
+    properties of the whole dataset. The text is built only for the rows that break a rule."""
     contract = _contract(contract_json)
     typed, failures = coerce(batch, contract)
-    reasons = pd.Series("", index=typed.index, dtype=object)
-    for column, bad in failures.items():
-        reasons.loc[bad.index] += f"{column}: not a valid {contract.columns[column].type}; "
+    broken = [
+        (typed.index.isin(bad.index), f"{column}: not a valid {contract.columns[column].type}")
+        for column, bad in failures.items()
+    ]
     for check in contract.checks():
         if check.max_fraction == 0.0 and (mask := rules.broken(typed, check)).any():
-            reasons[mask] += f"{check.key[0]}({check.key[1]}); "
-    return typed, reasons.str.rstrip("; ")
+            broken.append((mask, f"{check.key[0]}({check.key[1]})"))
+    reasons = np.full(len(typed), "", dtype=object)
+    if broken:
+        for row in np.flatnonzero(np.logical_or.reduce([mask for mask, _ in broken])):
+            reasons[row] = "; ".join(text for mask, text in broken if mask[row])
+    return typed, reasons
 
 
 @lru_cache(maxsize=4)
