@@ -571,10 +571,12 @@ def batch_predict_command(
 ) -> None:
     """Score a table through Ray Data with the one scoring path; the model version and data
     version on every row, rows that break the contract quarantined with the reason."""
+    from ray_app import tracking
     from ray_app.model.batch import batch_predict, describe
     from ray_app.registry import RegistryError
     from ray_app.runtime import init_ray
 
+    tracking.configure()
     init_ray(address)
     try:
         result = batch_predict(model, data, out, actors=actors)

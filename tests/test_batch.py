@@ -3,6 +3,7 @@ break the contract quarantined with the reason, never scored."""
 
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -90,7 +91,13 @@ def test_a_table_of_only_bad_rows_scores_nothing_and_loses_none(result, tmp_path
     assert not list(tmp_path.glob(".tmp-*"))  # no staging folder left behind
 
 
-def test_batch_predict_command(result, tmp_path):
+def test_batch_predict_command(result, tmp_path, monkeypatch):
+    """As from a shell with only `RAYAPP_HOME` set: the command finds MLflow there itself
+    (MLflow's own default would be a new `mlflow.db` in the working directory)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
     data = synth.write(tmp_path / "t.parquet", 1_000, seed=43)
     out = CliRunner().invoke(
         cli,
@@ -105,3 +112,16 @@ def test_batch_predict_command(result, tmp_path):
               "--out", str(tmp_path / "x")],
     )  # fmt: skip
     assert missing.exit_code == 2 and "no such file" in missing.output
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("free", "pool"),
+    [(2.0, (2, 0.5)), (16.0, (2, 0.5)), (1.6, (1, 0.5)), (1.4, (1, 0.4)), (0.5, (1, 0.05))],
+)
+def test_the_pool_leaves_a_cpu_for_reading_and_writing(free, pool):
+    """On `make run`'s 2-CPU cluster, Serve holds 0.6 CPU: two half-CPU actors would take the
+    CPU the read tasks need, and the scoring would wait forever."""
+    from ray_app.model.batch import _pool
+
+    assert _pool(2, free) == pool

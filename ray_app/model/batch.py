@@ -50,6 +50,7 @@ BLOCK_BYTES = 32 << 20
 # (measured: it hangs); a pool left to grow from one never did, the reads and writes holding
 # the CPUs (measured at 10M rows: 31 s against 23 s for two actors from the start).
 ACTOR_CPUS = 0.5
+TASK_CPUS = 1.0  # what a Ray Data read or write task asks for
 
 
 @dataclass
@@ -150,6 +151,7 @@ def batch_predict(
     for target in (out, bad_out):
         if target.exists():
             raise DataError(f"{target} exists; batch scoring writes a new folder")
+    pool, cpus = _pool(actors, ray.available_resources().get("CPU", 0.0))
     staging = out.with_name(f".tmp-{out.name}-{uuid.uuid4().hex[:8]}")
     try:
         with _blocks_of(BLOCK_BYTES):
@@ -162,8 +164,8 @@ def batch_predict(
                 ),
                 batch_format="pandas",
                 batch_size=batch_rows,
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                num_cpus=ACTOR_CPUS,
+                compute=ray.data.ActorPoolStrategy(size=pool),
+                num_cpus=cpus,
             ).write_parquet(on_this_node(staging), partition_cols=[STATUS])
         scored, held = (staging / f"{STATUS}={status}" for status in (SCORED, QUARANTINED))
         quarantined = _rows(held)
@@ -192,6 +194,19 @@ def batch_predict(
         str(bad_out) if quarantined else None,
         time.perf_counter() - started,
     )
+
+
+def _pool(actors: int, free_cpus: float) -> tuple[int, float]:
+    """How many scoring actors, at how much CPU each, beside a CPU for the read and write tasks
+    in what the cluster has free (a Serve app may hold some): a pool that took that last CPU
+    would leave no block ever read. Fewer actors where `actors` do not fit, and one smaller
+    actor where not even one does; with no CPU to spare at all, one actor that asks for little,
+    so that an autoscaler adding nodes, not this pool, decides."""
+    spare = free_cpus - TASK_CPUS
+    fits = int(spare // ACTOR_CPUS)
+    if fits >= 1:
+        return min(actors, fits), ACTOR_CPUS
+    return 1, max(round(spare, 2), 0.05)
 
 
 @contextmanager
