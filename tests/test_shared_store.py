@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,8 +25,10 @@ import time
 from pathlib import Path
 
 import boto3
+import psutil
 import pytest
 import requests
+import yaml
 from conftest import free_port, untimed_copy
 from mlflow.tracking import MlflowClient
 
@@ -95,6 +98,22 @@ def _stop_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
     proc.wait(timeout=timeout_s)
 
 
+def _mlflow_pod() -> dict:
+    """The MLflow server's container in kuberay/mlflow.yaml."""
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "kuberay/mlflow.yaml").read_text())}
+    return docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+
+
+def _args(container: dict) -> dict[str, str]:
+    return dict(a.removeprefix("--").split("=", 1) for a in container["command"] if "=" in a)
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity ("2Gi", "512Mi") in bytes."""
+    number, unit = re.fullmatch(r"([0-9.]+)(Ki|Mi|Gi)?", quantity).groups()
+    return int(float(number) * {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, None: 1}[unit])
+
+
 def _store_uri(endpoint: str) -> str:
     host = endpoint.removeprefix("http://")
     return (
@@ -158,17 +177,18 @@ def s3():
 
 @pytest.fixture(scope="module")
 def server(s3, tmp_path_factory):
-    """`mlflow server` with a SQLite backend and artefacts proxied to s3://mlflow/artifacts;
-    its tracking URI. Stopped with its workers (its own process group)."""
+    """`mlflow server` with a SQLite backend and artefacts proxied to s3://mlflow/artifacts,
+    its MLflow settings and workers as kuberay/mlflow.yaml runs it; its tracking URI, folder
+    and process. Stopped with its workers (its own process group)."""
     endpoint, _ = s3
     folder = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
+    pod = _mlflow_pod()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
     env.update(
+        {e["name"]: e["value"] for e in pod["env"] if e["name"].startswith("MLFLOW_")},
         MLFLOW_S3_ENDPOINT_URL=endpoint,
         AWS_DEFAULT_REGION="us-east-1",
-        # MLflow 3's job runner (GenAI jobs) starts seven huey consumers: not needed here.
-        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
     )
     command = [
         str(Path(sys.executable).with_name("mlflow")),
@@ -182,8 +202,7 @@ def server(s3, tmp_path_factory):
         "127.0.0.1",
         "--port",
         str(port),
-        "--workers",
-        "1",
+        f"--workers={_args(pod)['workers']}",
     ]
     log = (folder / "server.log").open("w")
     proc = subprocess.Popen(
@@ -204,7 +223,7 @@ def server(s3, tmp_path_factory):
                 + (folder / "server.log").read_text()[-4000:]
             )
             time.sleep(0.5)
-        yield url, folder
+        yield url, folder, proc
     finally:
         _stop_group(proc)
         log.close()
@@ -216,7 +235,7 @@ def node_a(s3, server, tmp_path_factory):
     the MLflow server (MLFLOW_TRACKING_URI) and the snapshot store (RAYAPP_DATA_STORE), and its
     config names neither. Its home, cwd, output and store URI."""
     endpoint, _ = s3
-    url, _ = server
+    url, *_ = server
     folder = tmp_path_factory.mktemp("node_a")
     home, cwd = folder / "home", folder / "cwd"
     cwd.mkdir()
@@ -244,7 +263,7 @@ def node_a(s3, server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server) -> MlflowClient:
-    url, _ = server
+    url, *_ = server
     return MlflowClient(tracking_uri=url, registry_uri=url)
 
 
@@ -266,6 +285,22 @@ def test_runs_versions_and_aliases_live_in_the_server(node_a, client):
     for alias in (registry.STAGING, registry.PRODUCTION):
         assert client.get_model_version_by_alias(MODEL, alias).version == mv.version
     assert f"-> {MODEL} v{mv.version}: gate passed" in node_a[2]
+
+
+def test_the_server_fits_its_pods_memory_limit(node_a, server):
+    """After serving a whole pipeline, the server as the manifest configures it (workers, MLflow
+    settings) stays under the pod's memory limit: resident memory summed over its processes,
+    an upper bound on what the pod's cgroup counts."""
+    *_, proc = server
+    resident = {}  # pid -> bytes, for every process in the server's group
+    for p in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            if os.getpgid(p.pid) == proc.pid:
+                resident[p.pid] = p.memory_info().rss
+    limit = _bytes(_mlflow_pod()["resources"]["limits"]["memory"])
+    shown = ", ".join(f"{pid} {rss / 2**20:.0f} MB" for pid, rss in resident.items())
+    assert proc.pid in resident, "the server is not running"
+    assert sum(resident.values()) < limit, f"{len(resident)} processes: {shown}"
 
 
 def test_model_artefacts_are_in_the_bucket_and_on_no_node(node_a, s3, server, client):
@@ -302,7 +337,7 @@ def test_a_fresh_node_loads_production_through_the_server_and_scores_identically
     node_a, s3, server, client, contract, tmp_path
 ):
     _, s3_client = s3
-    url, _ = server
+    url, *_ = server
     records = to_records(next(synth.generate(300, seed=11)), contract)
     rows, answer = tmp_path / "rows.json", tmp_path / "answer.json"
     rows.write_text(json.dumps(records))
