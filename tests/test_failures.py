@@ -311,9 +311,10 @@ def test_requests_keep_succeeding_while_a_router_replica_is_killed(result, servi
     after = sum(t >= killed_at for t, _ in seen)
     assert after > 50, f"only {after} requests after the kill"
     # The goal is zero. HAProxy replays a request the dying replica had not begun to answer
-    # (RAY_SERVE_HAPROXY_RETRY_ON); an answer already under way when the process died cannot
-    # be replayed, and its client sees the body cut short. At most one per client, then.
-    cut = [f for f in failed if "IncompleteRead" in f[1]]
+    # (RAY_SERVE_HAPROXY_RETRY_ON); one caught in the replica's death otherwise cannot be
+    # replayed: its client sees the body cut short or (once in 6,911 requests, 0.12 s after
+    # the kill) the connection closed with no answer. At most one per client, then.
+    cut = [f for f in failed if "IncompleteRead" in f[1] or "RemoteDisconnected" in f[1]]
     other = [f for f in failed if f not in cut]
     shown = f"{len(failed)} of {len(seen)} requests failed ({after} after the kill): {failed[:20]}"
     assert not other and len(cut) <= CLIENTS, shown
