@@ -63,7 +63,12 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
 
 
 def model_version(name: str, version: str | int) -> ModelVersion:
-    return MlflowClient().get_model_version(name, str(version))
+    try:
+        return MlflowClient().get_model_version(name, str(version))
+    except MlflowException as e:
+        if _missing(e):
+            raise RegistryError(f"{name}/{version} does not exist") from None
+        raise
 
 
 def _missing(error: MlflowException) -> bool:

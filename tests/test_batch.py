@@ -1,11 +1,13 @@
 """Batch scoring through Ray Data with the one scoring path: versions on every row, rows that
 break the contract quarantined with the reason, never scored."""
 
+import shutil
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -14,7 +16,7 @@ from ray_app import registry
 from ray_app.cli import app as cli
 from ray_app.data import synth
 from ray_app.data.ingest import DataError, dataset_version
-from ray_app.model.batch import batch_predict
+from ray_app.model.batch import _Score, batch_predict
 from ray_app.model.loaded import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.scoring import Scorer
@@ -113,6 +115,50 @@ def test_batch_predict_command(result, tmp_path, monkeypatch):
     )  # fmt: skip
     assert missing.exit_code == 2 and "no such file" in missing.output
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_batch_predict_refuses_what_it_cannot_score_and_leaves_nothing_behind(result, tmp_path):
+    """Each refusal names what was wrong; the folders claimed for the output and the
+    quarantine at the start are gone again."""
+    name = result.model_name
+    data = synth.write(tmp_path / "t.csv", 200, seed=45)
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text(data.read_text() + "C000000001,1\n")
+    (tmp_path / "csvs").mkdir()
+    shutil.copy(data, tmp_path / "csvs" / "a.csv")
+    (tmp_path / "table").mkdir()
+    pd.read_csv(data).to_parquet(tmp_path / "table" / "part-0.parquet")
+    out = tmp_path / "x"
+    cases = [
+        (f"{name}/99", data, out, f"{name}/99 does not exist"),
+        (name, tmp_path / "csvs", out, "must hold .parquet files"),
+        (name, ragged, out, "line 202: expected"),
+        (name, tmp_path / "table", tmp_path / "table" / "scores", "inside the folder it scores"),
+    ]
+    for model, source, target, message in cases:
+        run = CliRunner().invoke(
+            cli, ["batch-predict", "--model", model, "--data", str(source), "--out", str(target)]
+        )
+        assert run.exit_code == 2 and message in run.output, run.output
+        assert not target.exists() and not Path(f"{target}.quarantine").exists()
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_an_id_is_written_with_its_contract_type(result):
+    """An integer id (as `contract infer` may choose) is parsed to a float like every integer
+    column; it is written as an integer, a null where it did not parse."""
+    loaded = load(ModelRef(result.model_name, version=result.model_version))
+    columns = dict(loaded.contract.columns)
+    columns["customer_id"] = columns["customer_id"].model_copy(
+        update={"type": "integer", "pattern": None}
+    )
+    contract = loaded.contract.model_copy(update={"columns": columns})
+    frame = next(synth.generate(3, seed=2)).astype("string").astype(object)
+    frame["customer_id"] = ["1001", "1002", "C1"]
+    table = _Score(Scorer.of(loaded), contract.model_dump_json(), "v1")(frame)
+    assert table.schema.field("customer_id").type == pa.int64()
+    assert table["customer_id"].to_pylist() == [1001, 1002, None]
+    assert table["_status"].to_pylist() == ["scored", "scored", "quarantined"]
 
 
 @pytest.mark.parametrize(

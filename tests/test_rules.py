@@ -195,3 +195,27 @@ def test_date_columns_take_the_arrow_path():
     values, _ = ingest._coerce_text(raw, ingest._trimmed(raw), ColumnSpec(type="date"))
     assert values.tolist()[::2] == [pd.Timestamp("2026-01-05"), pd.Timestamp("2026-07-01 08:00")]
     assert values.isna().tolist() == [False, True, False]
+
+
+def test_dates_with_a_zone_are_that_instant_in_utc_and_checked_like_any_other(contract):
+    """Arrow refuses a zone, so such a batch takes pandas' path: a mix of zones and none there
+    once left objects that every date bound failed on with a TypeError, stopping the job."""
+    frame = next(synth.generate(3, seed=1)).astype("string").astype(object)
+    frame["signup_date"] = ["2021-01-01", "2021-01-01T05:00:00Z", "2021-01-02T00:00:00+02:00"]
+    frame["last_login"] = ["2024-03-01T10:00:00-05:00", "1999-01-01T00:00:00Z", "2024-03-01"]
+    typed, reasons = row_reasons(frame, contract.model_dump_json())
+    assert typed["signup_date"].tolist() == [
+        pd.Timestamp("2021-01-01"),
+        pd.Timestamp("2021-01-01 05:00"),
+        pd.Timestamp("2021-01-01 22:00"),
+    ]
+    assert typed["last_login"][0] == pd.Timestamp("2024-03-01 15:00")
+    assert reasons[0] == "" and reasons[2] == ""
+    assert "last_login" in reasons[1]  # before the contract's minimum: broken, not a crash
+
+
+def test_a_parquet_timestamp_with_a_zone_is_read_in_utc():
+    from ray_app.data import ingest
+
+    raw = pd.Series(pd.to_datetime(["2026-01-05T10:00:00+01:00"], utc=True))
+    assert ingest._parse(raw, "date").tolist() == [pd.Timestamp("2026-01-05 09:00")]

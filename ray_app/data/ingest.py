@@ -59,8 +59,19 @@ def dataset_version(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _first_parquet(folder: Path) -> Path:
+    """A folder's first Parquet file, at any depth (Hive partitions are folders)."""
+    found = min(folder.rglob("*.parquet"), default=None)
+    if found is None:
+        raise DataError(
+            f"{folder}: a folder to read must hold .parquet files, and this one has none "
+            "(for CSV, name the file itself)"
+        )
+    return found
+
+
 def _format(path: Path) -> str:
-    suffix = (next(path.glob("*.parquet"), path) if path.is_dir() else path).suffix.lower()
+    suffix = (_first_parquet(path) if path.is_dir() else path).suffix.lower()
     if suffix in (".parquet", ".pq"):
         return "parquet"
     if suffix in (".csv", ".txt", ""):
@@ -71,9 +82,7 @@ def _format(path: Path) -> str:
 def _header(path: Path, fmt: str) -> list[str]:
     if fmt == "parquet":
         try:
-            return list(
-                pq.read_schema(path if path.is_file() else next(path.glob("*.parquet"))).names
-            )
+            return list(pq.read_schema(path if path.is_file() else _first_parquet(path)).names)
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     return csv_header(path)
@@ -230,7 +239,10 @@ def _parse(raw: pd.Series, kind: str) -> pd.Series:
         return values.where(finite)
     if kind == "date":  # text trimmed, as every other kind is (to_numeric trims by itself)
         text = raw.str.strip() if pd.api.types.is_string_dtype(raw) else raw
-        return pd.to_datetime(text, errors="coerce", format="ISO8601")
+        # A value with a zone is that instant in UTC, without the zone (one without is taken
+        # as it is): a column of mixed zones would otherwise stay objects no bound compares.
+        stamps = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+        return stamps.dt.tz_localize(None)
     if kind == "boolean":
         return raw.astype("string").str.strip().str.lower().map(_BOOLEANS)
     return raw.astype("string").str.strip().astype(object)
@@ -309,12 +321,15 @@ def arrow_schema(contract: Contract) -> pa.Schema:
     return pa.schema([(name, ARROW_TYPES[spec.type]) for name, spec in contract.columns.items()])
 
 
+def arrow_column(values: pd.Series, kind: str) -> pa.Array:
+    """A typed column (as `coerce` leaves it) as Arrow, of its contract type."""
+    arrow_type = ARROW_TYPES[kind]
+    if pa.types.is_integer(arrow_type):
+        values = values.astype("Int64")  # integers are parsed as floats, NaN for null
+    return pa.array(values, type=arrow_type, from_pandas=True)
+
+
 def to_arrow(typed: pd.DataFrame, contract: Contract) -> pa.Table:
     """A typed frame as an Arrow table with the contract's schema (stable across batches)."""
-    columns = []
-    for field in arrow_schema(contract):
-        values = typed[field.name]
-        if pa.types.is_integer(field.type):
-            values = values.astype("Int64")
-        columns.append(pa.array(values, type=field.type, from_pandas=True))
+    columns = [arrow_column(typed[name], spec.type) for name, spec in contract.columns.items()]
     return pa.Table.from_arrays(columns, schema=arrow_schema(contract))

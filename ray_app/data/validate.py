@@ -12,6 +12,7 @@ import json
 import logging
 import traceback
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -245,22 +246,34 @@ def _task_failed(source: Source, detail: str) -> ValidationTaskError:
     )
 
 
+@contextmanager
+def reading(source: Source) -> Iterator[None]:
+    """Ray Data work over `source`: a task that failed because the data cannot be read stops
+    as a DataError naming the line or file (Ray Data hides pyarrow's error); any other task
+    failure is raised as it came. Ray Data's own error logs are held back meanwhile."""
+    try:
+        with _ray_data_errors_muted():
+            yield
+    except ray.exceptions.RayTaskError:
+        if problem := read_problem(source):
+            raise _unreadable(source, problem) from None
+        raise
+
+
 def _run_batches(
     ds: ray.data.Dataset, contract: Contract, source: Source, batch_size: int
 ) -> pd.DataFrame:
     """Every batch's results. Data that cannot be read stops here as a DataError naming the
     line; any other failure (a bug, out of memory) as a RuntimeError with the task's error."""
     try:
-        with _ray_data_errors_muted():
+        with reading(source):
             parts = ds.map_batches(
                 validate_batch,
                 fn_kwargs={"contract_json": contract.model_dump_json()},
                 batch_format="pandas",
                 batch_size=batch_size,
             ).to_pandas()
-    except ray.exceptions.RayTaskError as e:  # a read task: Ray Data hides pyarrow's error
-        if problem := read_problem(source):
-            raise _unreadable(source, problem) from None
+    except ray.exceptions.RayTaskError as e:
         cause = e.cause if isinstance(e.cause, BaseException) else e
         raise _task_failed(source, f"{type(cause).__name__}: {_first_line(cause)}") from e
     except ray.exceptions.RayError as e:  # out of memory, a worker or node lost

@@ -16,7 +16,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +27,16 @@ import pyarrow.parquet as pq
 import ray.data
 
 from ray_app.data.contract import Contract
-from ray_app.data.ingest import DataError, Source, on_this_node, open_source, read_raw
+from ray_app.data.ingest import (
+    DataError,
+    Source,
+    arrow_column,
+    on_this_node,
+    open_source,
+    read_raw,
+)
 from ray_app.data.quarantine import REASON
-from ray_app.data.validate import row_reasons
+from ray_app.data.validate import reading, row_reasons
 from ray_app.model.loaded import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.scoring import Scorer
@@ -66,8 +73,8 @@ class BatchResult:
 
 
 def scoring_contract(contract: Contract, source: Source) -> Contract:
-    """The contract a table to score is checked by: its label (and any sensitive column the
-    table lacks) may be missing; everything the model reads, and the id, must be there."""
+    """The contract a table to score is checked by: its label and sensitive columns may be
+    absent or null; everything the model reads, and the id, must be there."""
     required = [*contract.input_columns, *([contract.id_column] if contract.id_column else [])]
     missing = [c for c in required if c not in source.columns]
     if missing:
@@ -101,7 +108,8 @@ class _Score:
             proba[good] = self.scorer.proba(typed[good])
         labels = np.where(good, self.scorer.labels(proba).astype(object), None)
         ids = self.contract.id_column
-        columns = {ids: pa.array(typed[ids].to_numpy(), pa.string())} if ids else {}
+        spec = self.contract.columns.get(ids) if ids else None
+        columns = {ids: arrow_column(typed[ids], spec.type)} if spec else {}
         return pa.table(
             {
                 **columns,
@@ -142,26 +150,47 @@ def batch_predict(
     break the contract go to `<out>.quarantine/` with the reason. `actors`: how many scoring
     actors hold the model (half a CPU each)."""
     started = time.perf_counter()
-    ref = ModelRef.parse(model)
-    name, version = ref.resolve()
-    loaded = load(ModelRef(name, version=version))
-    source = open_source(data)
-    contract = scoring_contract(loaded.contract, source)
     out, bad_out = Path(out).resolve(), Path(f"{Path(out).resolve()}.quarantine")
-    for target in (out, bad_out):
-        if target.exists():
-            raise DataError(f"{target} exists; batch scoring writes a new folder")
+    with _claimed(out, bad_out):
+        name, version = ModelRef.parse(model).resolve()
+        loaded = load(ModelRef(name, version=version))
+        source = open_source(data)
+        if out.is_relative_to(source.path):  # the next read of that folder would take it in
+            raise DataError(f"{out} is inside the folder it scores ({source.path})")
+        contract = scoring_contract(loaded.contract, source)
+        written, quarantined = _score(
+            source, contract, Scorer.of(loaded), (out, bad_out), actors, batch_rows
+        )
+    return BatchResult(
+        f"{name}/{version}",
+        source.version,
+        written + quarantined,
+        written,
+        quarantined,
+        str(out),
+        str(bad_out) if quarantined else None,
+        time.perf_counter() - started,
+    )
+
+
+def _score(
+    source: Source,
+    contract: Contract,
+    scorer: Scorer,
+    targets: tuple[Path, Path],
+    actors: int,
+    batch_rows: int,
+) -> tuple[int, int]:
+    """The scoring pass into a staging folder beside `out`, then the quarantine pass where
+    rows broke the contract; the rows written to each of `targets` (out, quarantine)."""
+    out, bad_out = targets
     pool, cpus = _pool(actors, ray.available_resources().get("CPU", 0.0))
     staging = out.with_name(f".tmp-{out.name}-{uuid.uuid4().hex[:8]}")
     try:
-        with _blocks_of(BLOCK_BYTES):
+        with _blocks_of(BLOCK_BYTES), reading(source):
             read_raw(source, contract).map_batches(
                 _Score,
-                fn_constructor_args=(
-                    Scorer.of(loaded),
-                    contract.model_dump_json(),
-                    source.version,
-                ),
+                fn_constructor_args=(scorer, contract.model_dump_json(), source.version),
                 batch_format="pandas",
                 batch_size=batch_rows,
                 compute=ray.data.ActorPoolStrategy(size=pool),
@@ -176,24 +205,42 @@ def batch_predict(
                 batch_format="pandas",
                 batch_size=batch_rows,
             )
-            _write(bad, bad_out)
+            with reading(source):
+                _write(bad, bad_out)
+            if (again := _rows(bad_out)) != quarantined:
+                raise DataError(
+                    f"{source.path}: changed while it was scored ({quarantined:,} rows broke "
+                    f"the contract, then {again:,}); score it again once it is still"
+                )
         written = _rows(scored)
-        if written:
+        if written:  # replaces the empty folder claimed for it
             scored.rename(out)
-        else:  # every row quarantined: an empty output, not a missing one
-            out.mkdir()
+        return written, quarantined
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return BatchResult(
-        f"{name}/{version}",
-        source.version,
-        written + quarantined,
-        written,
-        quarantined,
-        str(out),
-        str(bad_out) if quarantined else None,
-        time.perf_counter() - started,
-    )
+
+
+@contextmanager
+def _claimed(out: Path, bad_out: Path) -> Iterator[None]:
+    """Claim the output and quarantine folders before any work by creating them empty, an
+    atomic step: of two runs given the same `--out`, one is refused at once. What a claimed
+    folder holds is this run's, so a run that fails removes it whole; a run with nothing to
+    quarantine removes that empty folder."""
+    made = []
+    try:
+        for target in (out, bad_out):
+            try:
+                target.mkdir(parents=True)
+            except FileExistsError:
+                raise DataError(f"{target} exists; batch scoring writes a new folder") from None
+            made.append(target)
+        yield
+    except BaseException:
+        for target in made:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    with suppress(OSError):  # kept where it holds the quarantined rows
+        bad_out.rmdir()
 
 
 def _pool(actors: int, free_cpus: float) -> tuple[int, float]:
