@@ -70,22 +70,22 @@ def _first_parquet(folder: Path) -> Path:
     return found
 
 
-def _format(path: Path) -> str:
-    suffix = (_first_parquet(path) if path.is_dir() else path).suffix.lower()
+def _format(file: Path) -> str:
+    suffix = file.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return "parquet"
     if suffix in (".csv", ".txt", ""):
         return "csv"
-    raise DataError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet")
+    raise DataError(f"{file}: unsupported file type {suffix!r}; expected .csv or .parquet")
 
 
-def _header(path: Path, fmt: str) -> list[str]:
+def _header(file: Path, fmt: str) -> list[str]:
     if fmt == "parquet":
         try:
-            return list(pq.read_schema(path if path.is_file() else _first_parquet(path)).names)
+            return list(pq.read_schema(file).names)
         except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    return csv_header(path)
+            raise DataError(f"{file}: not a readable Parquet file ({e})") from None
+    return csv_header(file)
 
 
 def csv_header(path: Path) -> list[str]:
@@ -105,8 +105,9 @@ def open_source(path: str | Path) -> Source:
     path = Path(path).resolve()
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    fmt = _format(path)
-    return Source(path=path, fmt=fmt, version=dataset_version(path), columns=_header(path, fmt))
+    file = _first_parquet(path) if path.is_dir() else path  # the one that names the columns
+    fmt = _format(file)
+    return Source(path=path, fmt=fmt, version=dataset_version(path), columns=_header(file, fmt))
 
 
 def inspect_source(path: str | Path, contract: Contract) -> Source:
