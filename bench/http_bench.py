@@ -177,9 +177,9 @@ def main() -> None:
     from ray_app.data.contract import load_contract
     from ray_app.model.loaded import BOOSTER_FILE, FEATURES_FILE, log_model
     from ray_app.model.schema import to_records
+    from ray_app.rollout.deploy import Running
+    from ray_app.rollout.routing import Route, Shadow, Variant
     from ray_app.runtime import init_ray
-    from ray_app.serve.deploy import Running
-    from ray_app.serve.routing import Route, Shadow, Variant
 
     contract = load_contract(Path("configs/contract.yaml"))
     path = synth.write(Path(home) / "churn.csv", 20_000, seed=1)

@@ -435,8 +435,7 @@ def predict(
         body = json.loads(file.read_text())  # type: ignore[union-attr]
     if wait:
         _wait_ready(url, wait)
-    from ray_app.serve.app import default_keys_file
-    from ray_app.serve.auth import client_key
+    from ray_app.auth import client_key, default_keys_file
 
     key = client_key(default_keys_file())
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -485,7 +484,7 @@ def deploy(
     back, in the running application; applied in place within seconds, nothing restarts."""
     from ray_app import tracking
     from ray_app.registry import RegistryError
-    from ray_app.serve import deploy as rollout
+    from ray_app.rollout import deploy as rollout
 
     tracking.configure()
     chosen = sum([switch, rollback, strategy is not None])
@@ -522,7 +521,7 @@ def shadow_report(
 ) -> None:
     """Agreement rate, score differences and latency of the shadow against the primary."""
     from ray_app.data.store import open_store
-    from ray_app.serve.shadow import report
+    from ray_app.monitor.shadow import report
 
     start = None if since is None else time.time() - since
     typer.echo(json.dumps(report(open_store(store), model, start), indent=2))
@@ -642,8 +641,7 @@ def keys_create(
     ] = None,
 ) -> None:
     """Create the service's key file (mode 0600) with a new key and print how to use it."""
-    from ray_app.serve.app import default_keys_file
-    from ray_app.serve.auth import create_key_file
+    from ray_app.auth import create_key_file, default_keys_file
 
     path = file or default_keys_file()
     try:
@@ -672,16 +670,16 @@ def trace(
     from dataclasses import asdict
 
     from ray_app.data.store import open_store
+    from ray_app.monitor.predictions import FLUSH_S
     from ray_app.monitor.trace import TraceNotFound, describe, since_time
     from ray_app.monitor.trace import trace as find
-    from ray_app.serve.app import LogArgs
 
     try:
         start = since_time(since) if since else None
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="'--since'") from None
     try:
-        found = find(open_store(store), request_id, model, start, LogArgs().flush_s)
+        found = find(open_store(store), request_id, model, start, FLUSH_S)
     except TraceNotFound as e:
         typer.echo(f"trace: {e}", err=True)
         raise typer.Exit(2) from None

@@ -48,7 +48,7 @@ from ray_app.model.ref import ModelRef
 from ray_app.monitor import drift, gauges
 from ray_app.progress import Steps
 from ray_app.publish import model_name
-from ray_app.serve.routing import ABANDON, CANARY, ENDINGS, PROMOTE, CanaryLimits
+from ray_app.rollout.routing import ABANDON, CANARY, ENDINGS, PROMOTE, CanaryLimits
 
 EXPERIMENT = "ray_app-retrain"
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
@@ -436,7 +436,7 @@ def _run_steps(cfg: RetrainConfig, journal: Journal, step: Steps) -> None:
 
 
 def _canary(cfg: RetrainConfig, journal: Journal, candidate: str, step: Steps) -> None:
-    from ray_app.serve import deploy
+    from ray_app.rollout import deploy
 
     rollout = cfg.rollout
     if not journal.rollout_id:
@@ -488,7 +488,7 @@ def _end(journal: Journal, outcome: str, reason: str, cfg: RetrainConfig) -> Non
 
 def _stop_canary(cfg: RetrainConfig, journal: Journal, reason: str) -> None:
     """Roll back this retrain's canary if it is still the route's and has not ended."""
-    from ray_app.serve import deploy
+    from ray_app.rollout import deploy
 
     if any(
         e.rollout_id == journal.rollout_id and e.action in ENDINGS

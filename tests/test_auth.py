@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_app.serve.auth import (
+from ray_app.auth import (
     ENV_KEYS,
     ApiKeys,
     AuthError,

@@ -21,7 +21,7 @@ from ray_app.cli import app as cli
 from ray_app.config import load_pipeline_config
 from ray_app.data import synth
 from ray_app.model.schema import to_records
-from ray_app.serve.deploy import Running
+from ray_app.rollout.deploy import Running
 
 pytestmark = pytest.mark.e2e
 # The drift a season brings: charges and support tickets up (the served model's mean score

@@ -6,7 +6,15 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from ray_app.serve.routing import Canary, CanaryLimits, Route, Variant, VariantStats, breach, choose
+from ray_app.rollout.routing import (
+    Canary,
+    CanaryLimits,
+    Route,
+    Variant,
+    VariantStats,
+    breach,
+    choose,
+)
 
 
 def _canary(**kw) -> Canary:

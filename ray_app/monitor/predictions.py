@@ -61,6 +61,9 @@ def schema(contract: Contract) -> pa.Schema:
     return pa.schema([*columns, *ANSWER])
 
 
+FLUSH_S = 1.0  # the default flush interval: a killed replica loses at most this much
+
+
 @dataclass(frozen=True)
 class Answered:
     """One answered request, as the router hands it over (expanded to rows when written)."""

@@ -39,16 +39,15 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from ray_app import registry, tracking
-from ray_app.config import rayapp_home
+from ray_app.auth import ENV_KEYS, ApiKeys, RateLimiter, default_keys_file
 from ray_app.data.store import open_store
 from ray_app.features import FeatureSet
 from ray_app.model.loaded import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.schema import MAX_INSTANCES, ExplainResponse, PredictResponse, records
-from ray_app.monitor.predictions import Answered, Flusher, PredictionLog
-from ray_app.serve.auth import ENV_KEYS, ApiKeys, RateLimiter
+from ray_app.monitor.predictions import FLUSH_S, Answered, Flusher, PredictionLog
+from ray_app.rollout.routing import KEY_HEADER, VARIANT_HEADER, RouterConfig, choose
 from ray_app.serve.fleet import Deployed, Fleet, LiveRoute
-from ray_app.serve.routing import KEY_HEADER, VARIANT_HEADER, RouterConfig, choose
 from ray_app.serve.shadow import ShadowScorer
 
 logger = logging.getLogger("ray.serve")
@@ -71,7 +70,7 @@ class LogArgs(BaseModel):
     """The prediction log (`ray_app.monitor.predictions`): written off the request path."""
 
     enabled: bool = True
-    flush_s: float = Field(1.0, gt=0, description="a killed replica loses at most this much")
+    flush_s: float = Field(FLUSH_S, gt=0, description="a killed replica loses at most this much")
     max_rows: int = Field(100_000, ge=1, description="buffered rows; more are answered unlogged")
 
 
@@ -506,10 +505,6 @@ def _documented(api: FastAPI, fleet: Fleet) -> dict[str | None, dict[str, Any]]:
     any_of = list(schemas.values())
     bodies[None] = body(any_of[0] if len(any_of) == 1 else {"anyOf": any_of})
     return bodies
-
-
-def default_keys_file() -> Path:
-    return rayapp_home() / "api_keys"
 
 
 def _local_keys_file() -> Path | None:

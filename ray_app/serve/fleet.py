@@ -24,7 +24,7 @@ from ray_app.model.loaded import LoadedModel, load
 from ray_app.model.ref import ModelRef
 from ray_app.model.schema import request_models, request_schema
 from ray_app.model.scoring import Scorer
-from ray_app.serve.routing import (
+from ray_app.rollout.routing import (
     ABANDON,
     ENDINGS,
     PROMOTE,

@@ -20,7 +20,7 @@ from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
 from ray_app import registry
 from ray_app.model.ref import ModelRef
-from ray_app.serve.routing import (
+from ray_app.rollout.routing import (
     BLUEGREEN,
     CANARY,
     ENDINGS,

@@ -2,7 +2,9 @@
 
 Keys come from `RAYAPP_API_KEYS` and/or a key file that only its owner may read (as ssh
 insists). Only their SHA-256 digests are held, and errors name where a bad entry is (variable
-or file and line), never its text, so a key reaches neither memory dumps nor logs.
+or file and line), never its text, so a key reaches neither memory dumps nor logs. The key file
+is shared by the service, which checks keys, and its clients on the same machine (`rayapp
+predict`, `rayapp keys create`, notebooks), so this module sits below both, outside `serve/`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from ray_app.config import rayapp_home
 
 ENV_KEYS = "RAYAPP_API_KEYS"
 MIN_KEY_CHARS = 16
@@ -107,6 +111,11 @@ class ApiKeys:
             if hmac.compare_digest(known, digest):
                 found = name
         return found
+
+
+def default_keys_file() -> Path:
+    """The service's key file on this node: `$RAYAPP_HOME/api_keys`."""
+    return rayapp_home() / "api_keys"
 
 
 def create_key_file(path: str | os.PathLike, name: str = "default") -> str:
