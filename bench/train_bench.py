@@ -1,6 +1,6 @@
 """Training step against plain `xgboost.train`: same 1M built-in rows, rounds, depth, threads.
 
-Workload: `ray_app.train.train` (Ray Train XGBoostTrainer, one worker with 2 threads) on Ray
+Workload: `ray_app.train.train` (Ray Train, one worker with 2 threads) on Ray
 datasets of the transformed features. Baseline: `xgboost.train` on the same frame in this
 process. The fixed start-up cost is the same comparison at 1k rows and 1 round. Goal: ratio at
 most 1.5 at 1M rows and 200 rounds.
@@ -97,7 +97,7 @@ def main() -> None:
         c = compare(
             "train_vs_xgboost",
             (
-                f"ray_app.train.train, Ray Train XGBoostTrainer, 1 worker x {THREADS} threads",
+                f"ray_app.train.train, Ray Train DataParallelTrainer, 1 worker x {THREADS} threads",
                 project,
             ),
             (f"plain xgboost.train, {THREADS} threads", plain),

@@ -25,6 +25,7 @@ from typing import Any
 import ray.data
 import ray.train
 import xgboost as xgb
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 
 from ray_app.config import TrainConfig
@@ -156,7 +157,7 @@ class _Progress(xgb.callback.TrainingCallback):
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker; the xgboost collective is set up by XGBoostTrainer.
+    """Runs on every Ray Train worker; with several, XGBoostTrainer sets up their collective.
 
     Progress is reported every `report_every` rounds (a Tune trial's ASHA needs it) and
     checkpointed every `checkpoint_every`; the last report carries the kept model. A worker
@@ -201,8 +202,8 @@ def build_trainer(
     report_every: int = 0,
     callbacks: list | None = None,
     metric: str | None = None,
-) -> XGBoostTrainer:
-    """The XGBoostTrainer for one training run: workers, threads and rounds from config.
+) -> DataParallelTrainer:
+    """The Ray Train trainer for one training run: workers, threads and rounds from config.
     Tune trials pass `report_every` and Tune's `TuneReportCallback` in `callbacks`."""
     loop_config = {
         "params": xgb_params(cfg, cfg.cpus_per_worker),
@@ -213,7 +214,11 @@ def build_trainer(
         "checkpoint_every": cfg.checkpoint_every,
         "metric": metric,
     }
-    return XGBoostTrainer(
+    # One worker has no peer to talk to: XGBoostTrainer's collective (a RabitTracker in the
+    # controller, which then imports xgboost, and a communicator around the loop) is start-up
+    # cost and nothing else there.
+    trainer = XGBoostTrainer if cfg.num_workers > 1 else DataParallelTrainer
+    return trainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         datasets=datasets,

@@ -9,7 +9,7 @@ import xgboost as xgb
 
 from ray_app.config import TrainConfig
 from ray_app.features import LABEL
-from ray_app.train import train
+from ray_app.train import boost, train, xgb_params
 
 
 def _frame(n: int, seed: int) -> pd.DataFrame:
@@ -40,6 +40,31 @@ def test_two_workers_train_one_booster_saved_as_ubj(ray_session, tmp_path):
     assert result.metrics["valid-auc"] > 0.75 and result.metrics["rounds"] == 15
     saved = Path(result.checkpoint_path) / "model.ubj"
     assert xgb.Booster(model_file=str(saved)).num_boosted_rounds() == 15
+
+
+def test_one_worker_trains_what_xgboost_alone_trains(ray_session, tmp_path):
+    """One worker runs without XGBoost's collective (it has no peer): the model is the one
+    `xgboost.train` builds in this process from the same rows and parameters."""
+    cfg = TrainConfig(
+        num_workers=1,
+        cpus_per_worker=1,
+        num_boost_round=12,
+        early_stopping_rounds=None,
+        params={"objective": "binary:logistic", "eval_metric": ["logloss"], "max_depth": 3},
+    )
+    result = _train(cfg, tmp_path, "one-worker", 4_000)
+    names = ["a", "b", "c"]
+    train_rows, valid_rows = _frame(4_000, 1), _frame(1_000, 2)
+    alone = boost(
+        xgb_params(cfg, 1),
+        xgb.DMatrix(train_rows[names], label=train_rows[LABEL]),
+        xgb.DMatrix(valid_rows[names], label=valid_rows[LABEL]),
+        12,
+        None,
+    )
+    matrix = xgb.DMatrix(valid_rows[names])
+    assert result.booster.num_boosted_rounds() == 12
+    np.testing.assert_allclose(result.booster.predict(matrix), alone.predict(matrix), rtol=1e-6)
 
 
 def _free_cpus() -> float:

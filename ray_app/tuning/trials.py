@@ -1,7 +1,8 @@
 """What one trial runs. Below the distributed threshold a trial is one process calling
 `xgboost.train` (no Ray Train start-up, which costs seconds per trial); above it, a trial is a
-data-parallel Ray Train `XGBoostTrainer`. Both report `rounds` and the validation metrics to
-Tune every `report_every` rounds, and end with a checkpoint of the model at its best round.
+data-parallel Ray Train run (`train.build_trainer`). Both report `rounds` and the validation
+metrics to Tune every `report_every` rounds, and end with a checkpoint of the model at its best
+round.
 """
 
 from __future__ import annotations
