@@ -261,9 +261,8 @@ def _client_loop(url: str, body: dict, stop: threading.Event, seen: list) -> Non
             try:
                 response = session.post(url, json=body, timeout=30)
                 # a failure shows what answered: HAProxy's own page or the app's JSON error
-                outcome: int | str = (
-                    200 if response.ok else f"{response.status_code}: {response.text[:120]}"
-                )
+                status = response.status_code
+                outcome: int | str = 200 if status == 200 else f"{status}: {response.text[:120]}"
             except requests.RequestException as e:
                 outcome = f"{type(e).__name__}: {e}"[:200]
             seen.append((time.monotonic(), outcome))
