@@ -63,7 +63,7 @@ def plain(model: str, data: Path) -> dict:
     import pandas as pd
 
     from ray_app import features
-    from ray_app.model.loaded import load
+    from ray_app.model.logged import load
 
     loaded = load(model)
     figures = {}

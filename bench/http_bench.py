@@ -175,7 +175,8 @@ def main() -> None:
     from ray_app import features, registry, tracking
     from ray_app.data import synth
     from ray_app.data.contract import load_contract
-    from ray_app.model.loaded import BOOSTER_FILE, FEATURES_FILE, log_model
+    from ray_app.model.loaded import BOOSTER_FILE, FEATURES_FILE
+    from ray_app.model.logged import log_model
     from ray_app.model.schema import to_records
     from ray_app.rollout.deploy import Running
     from ray_app.rollout.routing import Route, Shadow, Variant

@@ -73,7 +73,7 @@ def write_log(store_root: Path, rows: int, hours: float, seed: int) -> int:
     from ray_app import registry, tracking
     from ray_app.data import synth
     from ray_app.data.store import DataStore
-    from ray_app.model.loaded import load
+    from ray_app.model.logged import load
     from ray_app.model.ref import ModelRef
     from ray_app.model.scoring import Scorer
     from ray_app.monitor.predictions import FOLDER, schema
@@ -157,7 +157,7 @@ def child(mode: str, store_root: str, hours: float, profile: bool) -> None:
         import evidently.presets  # noqa: F401  (its import, 3 to 4 s, is not timed)
 
         from ray_app import registry, tracking
-        from ray_app.model.loaded import load
+        from ray_app.model.logged import load
         from ray_app.model.ref import ModelRef
 
         tracking.configure()

@@ -425,7 +425,7 @@ def predict(
         raise typer.BadParameter("give exactly one of --file or --sample")
     if sample:
         from ray_app import tracking
-        from ray_app.model.loaded import sample_request
+        from ray_app.model.logged import sample_request
         from ray_app.model.ref import ModelRef
 
         name = _model_name(config, model)

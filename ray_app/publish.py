@@ -25,7 +25,8 @@ from ray_app.data.snapshot import Snapshot, head
 from ray_app.data.split import TEST
 from ray_app.features import LABEL, ModelData
 from ray_app.metrics import classification_metrics, test_key
-from ray_app.model.loaded import LoadedModel, log_model, signature
+from ray_app.model.loaded import LoadedModel
+from ray_app.model.logged import log_model, signature
 from ray_app.model.schema import to_records
 from ray_app.model.scoring import PROBA, score_dataset
 

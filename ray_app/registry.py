@@ -31,7 +31,6 @@ CANDIDATE, STAGING, PRODUCTION = "candidate", "staging", "production"
 AUDIT_PREFIX = "audit."
 ROLLOUT_PREFIX = "rollout."  # serving events: deploys, switches, canary steps and rollbacks
 THRESHOLD_TAG = "threshold"  # decision threshold, chosen by the gate on validation rows
-DEFAULT_THRESHOLD = 0.5
 _UNCHECKED = object()
 
 
@@ -110,9 +109,11 @@ def set_threshold(name: str, version: str, threshold: float) -> None:
     MlflowClient().set_model_version_tag(name, version, THRESHOLD_TAG, f"{threshold:.6f}")
 
 
-def threshold_of(version: ModelVersion) -> float:
-    """The version's decision threshold: the gate's choice, else 0.5 (never gated)."""
-    return float(version.tags.get(THRESHOLD_TAG, DEFAULT_THRESHOLD))
+def threshold_of(version: ModelVersion) -> float | None:
+    """The version's decision threshold, the gate's choice; None where it was never gated (it
+    then answers at `model.loaded.DEFAULT_THRESHOLD`)."""
+    tagged = version.tags.get(THRESHOLD_TAG)
+    return None if tagged is None else float(tagged)
 
 
 def _actor() -> str:

@@ -17,7 +17,7 @@ from ray_app.cli import app as cli
 from ray_app.data import synth
 from ray_app.data.ingest import DataError, dataset_version
 from ray_app.model.batch import _Score, batch_predict
-from ray_app.model.loaded import load
+from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.scoring import Scorer
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from ray_app import pipeline, registry, tracking
 from ray_app.cli import app as cli
 from ray_app.data import synth
-from ray_app.model.loaded import load, log_model, sample_request
+from ray_app.model.logged import load, log_model, sample_request
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -300,7 +300,7 @@ def kill_router_under_load(url: str, body: dict, client) -> tuple[list, float]:
 def test_requests_keep_succeeding_while_a_router_replica_is_killed(result, service, api, dashboard):
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    from ray_app.model.loaded import sample_request
+    from ray_app.model.logged import sample_request
 
     client = ServeSubmissionClient(dashboard)
     body = sample_request(result.model_name)

@@ -19,7 +19,7 @@ from ray_app.config import SplitConfig, load_yaml
 from ray_app.evaluate import job
 from ray_app.evaluate.gate import load_gates
 from ray_app.evaluate.report import render_html
-from ray_app.model.loaded import load
+from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 
 MODEL = "gate_model"

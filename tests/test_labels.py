@@ -18,7 +18,7 @@ from ray_app.cli import app as cli
 from ray_app.data import synth
 from ray_app.data.ingest import DataError
 from ray_app.data.store import open_store
-from ray_app.model.loaded import load
+from ray_app.model.logged import load
 from ray_app.model.scoring import Scorer
 from ray_app.monitor.drift import LiveLimits, MonitorConfig
 from ray_app.monitor.labels import LABEL_TIME, ingest, join, read_labels

@@ -11,7 +11,7 @@ from conftest import kill_replicas, wait_healthy
 from ray.data.datasource import Partitioning
 
 from ray_app.data.store import open_store
-from ray_app.model.loaded import sample_request
+from ray_app.model.logged import sample_request
 from ray_app.monitor.predictions import FOLDER, read
 
 pytestmark = pytest.mark.e2e

@@ -15,10 +15,10 @@ import pytest
 import ray.data
 import xgboost as xgb
 
-from ray_app import features, registry
+from ray_app import features
 from ray_app.data import synth
 from ray_app.evaluate import checks, gate, latency
-from ray_app.model.loaded import LoadedModel
+from ray_app.model.loaded import DEFAULT_THRESHOLD, LoadedModel, ModelFilesError
 from ray_app.model.schema import to_records
 from ray_app.model.scoring import Scorer
 
@@ -49,7 +49,7 @@ def test_threshold_is_the_gates_unless_overridden(model, rows, contract):
     for p in gated.predict(records)["predictions"]:
         assert p["label"] == int(p["probability"] >= 0.3)
     assert Scorer.of(model, 0.8).predict(records)["threshold"] == 0.8
-    ungated = dataclasses.replace(model, threshold=registry.DEFAULT_THRESHOLD)
+    ungated = dataclasses.replace(model, threshold=DEFAULT_THRESHOLD)
     assert Scorer.of(ungated).threshold == 0.5
 
 
@@ -98,5 +98,5 @@ def test_timed_path_validates_like_the_service(model, rows, contract):
 
 def test_a_model_whose_features_file_disagrees_with_its_booster_is_refused(model):
     shuffled = dataclasses.replace(model.features, numeric=list(reversed(model.features.numeric)))
-    with pytest.raises(registry.RegistryError, match="differ from features.json"):
+    with pytest.raises(ModelFilesError, match="differ from features.json"):
         dataclasses.replace(model, features=shuffled)

@@ -43,7 +43,7 @@ def test_two_models_answer_side_by_side_from_one_application(telco, result, serv
     from conftest import wait_healthy
     from ray import serve
 
-    from ray_app.model.loaded import sample_request
+    from ray_app.model.logged import sample_request
     from ray_app.serve.app import app_builder
 
     telco_ref = f"{telco.model_name}/{telco.model_version}"

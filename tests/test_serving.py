@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from ray_app import pipeline, registry, tracking
 from ray_app.cli import app as cli
-from ray_app.model.loaded import load, log_model, sample_request
+from ray_app.model.logged import load, log_model, sample_request
 from ray_app.monitor import gauges
 from ray_app.rollout.deploy import Running
 from ray_app.rollout.routing import KEY_HEADER, VARIANT_HEADER, Canary, CanaryLimits, Route, Variant

@@ -63,7 +63,7 @@ NODE_B = """
 import json, sys
 import mlflow, pandas as pd
 from ray_app import tracking
-from ray_app.model.loaded import load
+from ray_app.model.logged import load
 from ray_app.model.scoring import Scorer
 tracking.configure()
 ref, rows, out = sys.argv[1:]

@@ -19,7 +19,7 @@ from ray_app.cli import app as cli
 from ray_app.data import synth
 from ray_app.data.snapshot import find_snapshot
 from ray_app.data.store import open_store
-from ray_app.model.loaded import sample_request
+from ray_app.model.logged import sample_request
 from ray_app.model.schema import to_records
 
 pytestmark = pytest.mark.e2e

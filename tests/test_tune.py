@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from ray_app import registry, tracking
 from ray_app.config import SearchConfig
 from ray_app.data import sources
-from ray_app.model.loaded import load
+from ray_app.model.logged import load
 from ray_app.registry import CANDIDATE
 from ray_app.tuning import space
 from ray_app.tuning.search import SEARCH_FILE, SearchError, run_search, searches_root

@@ -32,7 +32,8 @@ from ray_app.data.store import open_store
 from ray_app.evaluate import checks, latency, plots
 from ray_app.evaluate.gate import GateLimits, Gates
 from ray_app.evaluate.report import render_html
-from ray_app.model.loaded import LoadedModel, load
+from ray_app.model.loaded import LoadedModel
+from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.scoring import Scorer
 from ray_app.tracking import CONFIG_ARTIFACT

@@ -37,8 +37,6 @@ from ray_app.data.ingest import (
 )
 from ray_app.data.quarantine import REASON
 from ray_app.data.validate import reading, row_reasons
-from ray_app.model.loaded import load
-from ray_app.model.ref import ModelRef
 from ray_app.model.scoring import Scorer
 
 PROBABILITY, LABEL = "probability", "label"
@@ -151,6 +149,11 @@ def batch_predict(
     actors hold the model (half a CPU each)."""
     started = time.perf_counter()
     out, bad_out = Path(out).resolve(), Path(f"{Path(out).resolve()}.quarantine")
+    # Imported here, not above: the scoring actors import this module and have no use for
+    # the registry or MLflow (0.8 s more to start each one).
+    from ray_app.model.logged import load
+    from ray_app.model.ref import ModelRef
+
     with _claimed(out, bad_out):
         name, version = ModelRef.parse(model).resolve()
         loaded = load(ModelRef(name, version=version))

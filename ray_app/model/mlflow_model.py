@@ -12,7 +12,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from ray_app.model.loaded import BOOSTER, from_files
+from ray_app.model.loaded import from_files
+from ray_app.model.logged import BOOSTER
 from ray_app.model.scoring import Scorer
 
 

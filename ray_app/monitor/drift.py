@@ -32,7 +32,8 @@ from ray_app.config import Strict, load_yaml
 from ray_app.data.contract import Contract
 from ray_app.data.snapshot import find_snapshot, parquet
 from ray_app.data.store import DataStore
-from ray_app.model.loaded import LoadedModel, load
+from ray_app.model.loaded import LoadedModel
+from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.scoring import Scorer
 from ray_app.monitor.predictions import read

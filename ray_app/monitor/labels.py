@@ -39,7 +39,8 @@ from ray_app.data.ingest import (
     read_problem,
 )
 from ray_app.data.store import DataStore
-from ray_app.model.loaded import LoadedModel, load
+from ray_app.model.loaded import LoadedModel
+from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 from ray_app.monitor.drift import MonitorConfig
 from ray_app.monitor.predictions import read

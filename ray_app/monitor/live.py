@@ -27,7 +27,8 @@ from ray_app.data.store import DataStore
 from ray_app.evaluate import checks, gate
 from ray_app.features import encode_label
 from ray_app.metrics import F1, ROC_AUC
-from ray_app.model.loaded import LoadedModel, load
+from ray_app.model.loaded import LoadedModel
+from ray_app.model.logged import load
 from ray_app.model.scoring import Scorer
 from ray_app.monitor.drift import EXPERIMENT, LiveLimits, MonitorConfig, reference
 from ray_app.monitor.labels import LABEL_TIME, join, read_labels, served_model

@@ -30,7 +30,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from ray_app import registry, tracking
 from ray_app.data.store import DataStore
-from ray_app.model.loaded import load
+from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 from ray_app.monitor.predictions import FOLDER
 

@@ -42,7 +42,7 @@ from ray_app import registry, tracking
 from ray_app.auth import ENV_KEYS, ApiKeys, RateLimiter, default_keys_file
 from ray_app.data.store import open_store
 from ray_app.features import FeatureSet
-from ray_app.model.loaded import load
+from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.schema import MAX_INSTANCES, ExplainResponse, PredictResponse, records
 from ray_app.monitor.predictions import FLUSH_S, Answered, Flusher, PredictionLog

@@ -20,7 +20,8 @@ from pydantic import BaseModel
 
 from ray_app import registry
 from ray_app.features import FeatureSet
-from ray_app.model.loaded import LoadedModel, load
+from ray_app.model.loaded import LoadedModel
+from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.schema import request_models, request_schema
 from ray_app.model.scoring import Scorer

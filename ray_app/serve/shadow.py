@@ -15,7 +15,8 @@ from ray import serve
 
 from ray_app import tracking
 from ray_app.data.store import open_store
-from ray_app.model.loaded import LoadedModel, load
+from ray_app.model.loaded import LoadedModel
+from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.scoring import Scorer
 from ray_app.monitor.shadow import write
