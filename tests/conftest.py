@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,26 @@ def free_port() -> int:
 
 
 DASHBOARD_PORT = free_port()
+
+
+class SyslogSink:
+    """A UDP syslog receiver on loopback for HAProxy's access log, which Ray sends to
+    127.0.0.1:514 by default (RAY_SERVE_HAPROXY_LOG_TARGET), where nothing listens here: each
+    line says how HAProxy ended a request (status, timings, termination state)."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.target = f"127.0.0.1:{self.socket.getsockname()[1]}"
+        self.lines: list[str] = []
+        threading.Thread(target=self._receive, daemon=True).start()
+
+    def _receive(self) -> None:
+        while True:
+            self.lines.append(self.socket.recv(65_536).decode(errors="replace").strip())
+
+
+HAPROXY_LOG = SyslogSink()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -59,6 +80,7 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
             # As `make run` and the RayService: a request in flight on a Router replica that
             # dies is replayed on another (HAProxy L7 retry); scoring has no side effects.
             "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+            "RAY_SERVE_HAPROXY_LOG_TARGET": HAPROXY_LOG.target,
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{haproxy}/haproxy.cfg",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import API_KEY, wait_healthy
+from conftest import API_KEY, HAPROXY_LOG, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
@@ -305,8 +305,10 @@ def test_requests_keep_succeeding_while_a_router_replica_is_killed(result, servi
     client = ServeSubmissionClient(dashboard)
     body = sample_request(result.model_name)
     _scale_router(client, 2)
+    logged_from = len(HAPROXY_LOG.lines)
     try:
         seen, killed_at = kill_router_under_load(service, body, client)
+        logged = HAPROXY_LOG.lines[logged_from:]
     finally:
         _scale_router(client, 1)
         wait_healthy(service, api=api, body=body)
@@ -319,8 +321,23 @@ def test_requests_keep_succeeding_while_a_router_replica_is_killed(result, servi
     # the kill) the connection closed with no answer. At most one per client, then.
     cut = [f for f in failed if "IncompleteRead" in f[1] or "RemoteDisconnected" in f[1]]
     other = [f for f in failed if f not in cut]
-    shown = f"{len(failed)} of {len(seen)} requests failed ({after} after the kill): {failed[:20]}"
+    shown = (
+        f"{len(failed)} of {len(seen)} requests failed ({after} after the kill): {failed[:20]}; "
+        f"HAProxy logged: {_haproxy_errors(logged)[:20]}"
+    )
     assert not other and len(cut) <= CLIENTS, shown
+
+
+def _haproxy_errors(lines: list[str]) -> list[str]:
+    """HAProxy's access-log lines for /predict with a status other than 200 (the server, the
+    timers, the status and the termination state say what happened), and its servers going
+    down or running out."""
+    events = (" is DOWN", "no server available")
+    return [
+        line
+        for line in lines
+        if ("/predict" in line and " 200 " not in line) or any(e in line for e in events)
+    ]
 
 
 if __name__ == "__main__":
