@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -336,8 +337,18 @@ def _haproxy_errors(lines: list[str]) -> list[str]:
     return [
         line
         for line in lines
-        if ("/predict" in line and " 200 " not in line) or any(e in line for e in events)
+        if ("/predict" in line and _status(line) != "200") or any(e in line for e in events)
     ]
+
+
+def _status(line: str) -> str | None:
+    """The status of an httplog line; None (so the line is shown) where the format differs."""
+    found = _HTTPLOG_STATUS.search(line)
+    return found[1] if found else None
+
+
+# HAProxy's httplog: the timers Tq/Tw/Tc/Tr/Ta, then the status (then the bytes sent).
+_HTTPLOG_STATUS = re.compile(r" (?:-?\d+/){4}\+?-?\d+ (\d{3}) ")
 
 
 if __name__ == "__main__":
