@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_app.data import synth
-from ray_app.data.ingest import DataError, dataset_version, inspect_source, read_raw
+from ray_app.data.ingest import DataError, coerce, dataset_version, inspect_source, read_raw
 from ray_app.data.snapshot import META_FILE, read_snapshot, write_snapshot
 from ray_app.data.store import DataStore
 from ray_app.data.validate import validate
@@ -94,6 +94,17 @@ def test_missing_and_unknown_columns_are_listed(contract, churn_csv, tmp_path):
         inspect_source(path, contract)
 
 
+def test_a_parquet_folder_whose_files_disagree_on_columns_is_refused(contract, tmp_path):
+    frame = next(synth.generate(100, seed=4))
+    folder = tmp_path / "parts"
+    (folder / "day=2").mkdir(parents=True)
+    frame.to_parquet(folder / "a.parquet")
+    frame.drop(columns=["age"]).assign(shoe_size=42).to_parquet(folder / "day=2" / "b.parquet")
+    with pytest.raises(DataError, match=r"lacks \['age'\] and adds \['shoe_size'\]") as err:
+        inspect_source(folder, contract)
+    assert str(folder / "day=2" / "b.parquet") in str(err.value)
+
+
 def test_header_only_file_fails_row_count(ray_session, contract, churn_csv, tmp_path):
     path = tmp_path / "header.csv"
     path.write_text(churn_csv.read_text().splitlines()[0] + "\n")
@@ -128,3 +139,15 @@ def test_version_follows_content(tmp_path):
     b = synth.write(tmp_path / "b.csv", 1_000, seed=1)
     c = synth.write(tmp_path / "c.csv", 1_000, seed=2)
     assert dataset_version(a) == dataset_version(b) != dataset_version(c)
+
+
+def test_a_missing_value_in_text_is_a_null_whatever_the_column_type(contract):
+    """Text columns (a Parquet file of strings, a column the table lacks) hold None for a
+    missing value: a null like a blank, never a value that failed to parse."""
+    frame = next(synth.generate(4, seed=3)).astype(str).astype(object)
+    frame.iloc[1] = None
+    frame.loc[2, "age"] = "NA"
+    typed, failures = coerce(frame, contract)
+    assert failures == {}
+    assert typed.iloc[1].isna().all() and pd.isna(typed.loc[2, "age"])
+    assert typed.loc[[0, 3], "age"].notna().all()

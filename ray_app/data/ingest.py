@@ -59,15 +59,28 @@ def dataset_version(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _first_parquet(folder: Path) -> Path:
-    """A folder's first Parquet file, at any depth (Hive partitions are folders)."""
-    found = min(folder.rglob("*.parquet"), default=None)
-    if found is None:
+def _parquet_columns(folder: Path) -> list[str]:
+    """A Parquet folder's columns, from the footer of every file in it at any depth (Hive
+    partitions are folders). Files that disagree are refused here, naming the file: inside
+    Ray a file without a column fails a task that does not say which file, or, where a
+    contract lets the column be absent, reads as nulls."""
+    files = sorted(folder.rglob("*.parquet"))
+    if not files:
         raise DataError(
             f"{folder}: a folder to read must hold .parquet files, and this one has none "
             "(for CSV, name the file itself)"
         )
-    return found
+    first = _header(files[0], "parquet")
+    for file in files[1:]:
+        if set(columns := _header(file, "parquet")) != set(first):
+            missing = [c for c in first if c not in columns]
+            extra = [c for c in columns if c not in first]
+            differ = [f"lacks {missing}" if missing else "", f"adds {extra}" if extra else ""]
+            raise DataError(
+                f"{file}: {' and '.join(filter(None, differ))} against {files[0]}; every file "
+                "of a folder must have the same columns"
+            )
+    return first
 
 
 def _format(file: Path) -> str:
@@ -105,9 +118,12 @@ def open_source(path: str | Path) -> Source:
     path = Path(path).resolve()
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    file = _first_parquet(path) if path.is_dir() else path  # the one that names the columns
-    fmt = _format(file)
-    return Source(path=path, fmt=fmt, version=dataset_version(path), columns=_header(file, fmt))
+    if path.is_dir():
+        fmt, columns = "parquet", _parquet_columns(path)
+    else:
+        fmt = _format(path)
+        columns = _header(path, fmt)
+    return Source(path=path, fmt=fmt, version=dataset_version(path), columns=columns)
 
 
 def inspect_source(path: str | Path, contract: Contract) -> Source:
@@ -268,7 +284,7 @@ def _coerce_text(
     dates Arrow parses (ISO 8601 without a zone) are a subset of what pandas' ISO 8601 parser
     takes, to the same instant."""
     nulls = pa.array([*NULL_TOKENS, *spec.null_values], pa.string())
-    blank = pc.fill_null(pc.is_in(text, value_set=nulls), True)
+    blank = pc.or_(pc.is_null(text), pc.is_in(text, value_set=nulls))  # is_in(null) is false
     present = pc.if_else(blank, pa.scalar(None, pa.string()), text)
     if spec.type in ("string", "category"):
         values = pd.Series(present.to_numpy(zero_copy_only=False), index=raw.index, dtype=object)
