@@ -19,7 +19,7 @@ import ray.data
 
 from ray_app.data import report as validation_report
 from ray_app.data.contract import Contract
-from ray_app.data.ingest import DataError, Source, coerce, to_arrow
+from ray_app.data.ingest import DataError, Source, coerce, read_parquet, to_arrow
 from ray_app.data.quarantine import good_rows
 from ray_app.data.store import DataStore
 from ray_app.data.validate import ValidationReport
@@ -136,7 +136,7 @@ def write_snapshot(
 
 
 def read_snapshot(snap: Snapshot) -> ray.data.Dataset:
-    return ray.data.read_parquet(
+    return read_parquet(
         snap.store.path(snap.version, snap.attempt),
         filesystem=snap.store.fs,
         file_extensions=["parquet"],

@@ -9,11 +9,8 @@ is therefore bounded by the number of expectations, not the number of rows.
 from __future__ import annotations
 
 import json
-import logging
 import traceback
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -26,7 +23,7 @@ import ray.exceptions
 
 from ray_app.data import profile, rules
 from ray_app.data.contract import Contract
-from ray_app.data.ingest import DataError, Source, coerce, read_problem
+from ray_app.data.ingest import DataError, Source, coerce, read_problem, reading, unreadable
 
 MAX_EXAMPLES = 5
 ROW_COUNT = "row_count"
@@ -37,12 +34,6 @@ PRESENCE = "expect_column_distinct_values_to_contain_set"
 DATA_ERROR = "data_error"  # a batch whose text could not be decoded or parsed
 TASK_ERROR = "task_error"  # a batch that failed for any other reason: not the data's fault
 BOOKKEEPING = (ROW_COUNT, UNIQUE, PROFILE, VALUES, DATA_ERROR, TASK_ERROR)
-# Ray Data loggers that print a failed task's traceback before it is raised; `_run_batches`
-# reports such failures itself.
-RAY_DATA_ERROR_LOGGERS = (
-    "ray.data.exceptions",
-    "ray.data._internal.execution.streaming_executor_state",
-)
 
 
 class ValidationTaskError(RuntimeError):
@@ -220,44 +211,11 @@ def _missing_values(contract: Contract, column: str, counts: Counter[str]) -> st
     return None
 
 
-@contextmanager
-def _ray_data_errors_muted():
-    """Hold back Ray Data's own error logs (with tracebacks) while `_run_batches` runs: it
-    reports a failed task itself, as the data's line or as the task's exception."""
-    loggers = [logging.getLogger(name) for name in RAY_DATA_ERROR_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-def _unreadable(source: Source, detail: str) -> DataError:
-    return DataError(f"{source.path}: could not be read as {source.fmt}: {detail}")
-
-
 def _task_failed(source: Source, detail: str) -> ValidationTaskError:
     return ValidationTaskError(
         f"{source.path}: validation task failed: {detail} "
         "(a bug or a lack of resources, not a problem in the data)"
     )
-
-
-@contextmanager
-def reading(source: Source) -> Iterator[None]:
-    """Ray Data work over `source`: a task that failed because the data cannot be read stops
-    as a DataError naming the line or file (Ray Data hides pyarrow's error); any other task
-    failure is raised as it came. Ray Data's own error logs are held back meanwhile."""
-    try:
-        with _ray_data_errors_muted():
-            yield
-    except ray.exceptions.RayTaskError:
-        if problem := read_problem(source):
-            raise _unreadable(source, problem) from None
-        raise
 
 
 def _run_batches(
@@ -282,7 +240,7 @@ def _run_batches(
     if len(errors):
         detail, trace = json.loads(errors.examples.iloc[0])
         if errors.expectation.iloc[0] == DATA_ERROR:
-            raise _unreadable(source, read_problem(source) or detail) from None
+            raise unreadable(source, read_problem(source) or detail) from None
         raise _task_failed(source, detail) from TaskTraceback(trace)
     return parts
 
