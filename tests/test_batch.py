@@ -155,7 +155,8 @@ def test_an_id_is_written_with_its_contract_type(result):
     contract = loaded.contract.model_copy(update={"columns": columns})
     frame = next(synth.generate(3, seed=2)).astype("string").astype(object)
     frame["customer_id"] = ["1001", "1002", "C1"]
-    table = _Score(Scorer.of(loaded), contract.model_dump_json(), "v1")(frame)
+    batch = pa.Table.from_pandas(frame, preserve_index=False)  # as Ray Data hands it over
+    table = _Score(Scorer.of(loaded), contract.model_dump_json(), "v1")(batch)
     assert table.schema.field("customer_id").type == pa.int64()
     assert table["customer_id"].to_pylist() == [1001, 1002, None]
     assert table["_status"].to_pylist() == ["scored", "scored", "quarantined"]

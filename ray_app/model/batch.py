@@ -31,6 +31,7 @@ from ray_app.data.ingest import (
     DataError,
     Source,
     arrow_column,
+    as_frame,
     on_this_node,
     open_source,
     read_raw,
@@ -100,8 +101,9 @@ class _Score:
         self.contract = Contract.model_validate_json(contract_json)
         self.versions = f"{scorer.model.name}/{scorer.model.version}", data_version
 
-    def __call__(self, batch: pd.DataFrame) -> pa.Table:
-        typed, reasons = row_reasons(_as_contract(batch, self.contract), self.contract_json)
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        checked = _as_contract(as_frame(batch), self.contract)
+        typed, reasons = row_reasons(checked, self.contract_json)
         good = reasons == ""
         proba = np.full(len(typed), np.nan)
         if good.any():  # the usual batch, all good, is scored without a copy
@@ -129,13 +131,14 @@ def _as_contract(batch: pd.DataFrame, contract: Contract) -> pd.DataFrame:
     return batch.assign(**dict.fromkeys(missing)) if missing else batch
 
 
-def _quarantined(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
+def _quarantined(batch: pa.Table, contract_json: str) -> pd.DataFrame:
     """The batch's rows that break the contract, as read (only the columns the table has),
-    with the reason."""
-    checked = _as_contract(batch, Contract.model_validate_json(contract_json))
+    with the reason; checked as the scoring pass checked them."""
+    frame = as_frame(batch)
+    checked = _as_contract(frame, Contract.model_validate_json(contract_json))
     reasons = row_reasons(checked, contract_json)[1]
     bad = reasons != ""
-    raw = batch[bad]
+    raw = frame[bad]
     as_read = raw.astype("string").astype(object).where(raw.notna(), None)
     return as_read.assign(**{REASON: reasons[bad]})
 
@@ -198,7 +201,7 @@ def _score(
             read_raw(source, contract).map_batches(
                 _Score,
                 fn_constructor_args=(scorer, contract.model_dump_json(), source.version),
-                batch_format="pandas",
+                batch_format="pyarrow",
                 batch_size=batch_rows,
                 compute=ray.data.ActorPoolStrategy(size=pool),
                 num_cpus=cpus,
@@ -209,7 +212,7 @@ def _score(
             bad = read_raw(source, contract).map_batches(
                 _quarantined,
                 fn_kwargs={"contract_json": contract.model_dump_json()},
-                batch_format="pandas",
+                batch_format="pyarrow",
                 batch_size=batch_rows,
             )
             with reading(source):
