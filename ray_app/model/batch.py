@@ -268,10 +268,8 @@ def _pool(actors: int, free_cpus: float) -> tuple[int, float]:
 
 @contextmanager
 def _blocks_of(size: int) -> Iterator[None]:
-    """Ray Data's blocks at `size`, no larger and no smaller, for the datasets built and run
-    inside (these are session settings). Left to itself, the Parquet reader splits a table into
-    blocks of 1 MiB (`target_min_block_size`): 124 blocks at 1M rows, each one more task to
-    schedule on two cores."""
+    """Ray Data's blocks at `size`, no larger and no smaller (`target_max_block_size`,
+    `target_min_block_size`), for the datasets built and run inside: session settings."""
     context = ray.data.DataContext.get_current()
     before = context.target_max_block_size, context.target_min_block_size
     context.target_max_block_size = context.target_min_block_size = size
