@@ -87,10 +87,34 @@ def test_a_table_of_only_bad_rows_scores_nothing_and_loses_none(result, tmp_path
     frame.to_parquet(tmp_path / "bad.parquet")
     done = batch_predict(result.model_name, tmp_path / "bad.parquet", tmp_path / "out")
     assert (done.rows, done.scored, done.quarantined) == (200, 0, 200)
-    assert (tmp_path / "out").is_dir() and not list((tmp_path / "out").iterdir())
     held = pq.read_table(done.quarantine).to_pandas()
     assert sorted(held["customer_id"]) == sorted(frame["customer_id"])
     assert not list(tmp_path.glob(".tmp-*"))  # no staging folder left behind
+    assert pq.read_table(tmp_path / "out").schema == _scored_schema()  # a table of no rows
+
+
+def test_an_empty_table_gives_an_empty_output_of_the_same_columns(result, tmp_path):
+    """What reads the output next (a join, another job) finds a table of no rows with the
+    usual columns and types, not an empty folder it cannot read."""
+    frame = pd.read_csv(synth.write(tmp_path / "full.csv", 10, seed=45))
+    frame.head(0).to_parquet(tmp_path / "empty.parquet")
+    done = batch_predict(result.model_name, tmp_path / "empty.parquet", tmp_path / "out")
+    assert (done.rows, done.scored, done.quarantined, done.quarantine) == (0, 0, 0, None)
+    table = pq.read_table(tmp_path / "out")
+    assert table.num_rows == 0 and table.schema == _scored_schema()
+
+
+def _scored_schema() -> pa.Schema:
+    """The scored output's columns for the test contract (integer labels 0 and 1)."""
+    return pa.schema(
+        [
+            ("customer_id", pa.string()),
+            ("probability", pa.float64()),
+            ("label", pa.int64()),
+            ("model_version", pa.string()),
+            ("data_version", pa.string()),
+        ]
+    )
 
 
 def test_batch_predict_command(result, tmp_path, monkeypatch):
@@ -160,6 +184,9 @@ def test_an_id_is_written_with_its_contract_type(result):
     assert table.schema.field("customer_id").type == pa.int64()
     assert table["customer_id"].to_pylist() == [1001, 1002, None]
     assert table["_status"].to_pylist() == ["scored", "scored", "quarantined"]
+    # a batch of only bad rows has no label to infer a type from: still the label's type
+    bad = _Score(Scorer.of(loaded), contract.model_dump_json(), "v1")(batch.slice(2))
+    assert bad.schema == table.schema and bad["label"].to_pylist() == [None]
 
 
 @pytest.mark.parametrize(

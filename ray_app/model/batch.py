@@ -28,6 +28,7 @@ import ray.data
 
 from ray_app.data.contract import Contract
 from ray_app.data.ingest import (
+    ARROW_TYPES,
     DataError,
     Source,
     arrow_column,
@@ -100,6 +101,7 @@ class _Score:
         self.scorer, self.contract_json = scorer, contract_json
         self.contract = Contract.model_validate_json(contract_json)
         self.versions = f"{scorer.model.name}/{scorer.model.version}", data_version
+        self.schema = output_schema(self.contract, scorer).append(pa.field(STATUS, pa.string()))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         checked = _as_contract(as_frame(batch), self.contract)
@@ -110,18 +112,34 @@ class _Score:
             proba[good] = self.scorer.proba(typed if good.all() else typed[good])
         labels = np.where(good, self.scorer.labels(proba).astype(object), None)
         ids = self.contract.id_column
-        spec = self.contract.columns.get(ids) if ids else None
-        columns = {ids: arrow_column(typed[ids], spec.type)} if spec else {}
+        columns = {ids: arrow_column(typed[ids], self.contract.columns[ids].type)} if ids else {}
         return pa.table(
             {
                 **columns,
                 PROBABILITY: proba,
-                LABEL: pa.array(labels),
+                LABEL: labels,
                 MODEL_VERSION: pa.repeat(self.versions[0], len(typed)),
                 DATA_VERSION: pa.repeat(self.versions[1], len(typed)),
                 STATUS: np.where(good, SCORED, QUARANTINED),
-            }
+            },
+            schema=self.schema,
         )
+
+
+def output_schema(contract: Contract, scorer: Scorer) -> pa.Schema:
+    """The columns of the scored output, the same in every file whatever its rows (a block of
+    only quarantined rows has no label to infer a type from): the id as the contract types it,
+    the probability, the label as the contract's label values are typed, the versions."""
+    ids = contract.id_column
+    return pa.schema(
+        [
+            *([(ids, ARROW_TYPES[contract.columns[ids].type])] if ids else []),
+            (PROBABILITY, pa.float64()),
+            (LABEL, pa.array([scorer.positive, scorer.negative]).type),
+            (MODEL_VERSION, pa.string()),
+            (DATA_VERSION, pa.string()),
+        ]
+    )
 
 
 def _as_contract(batch: pd.DataFrame, contract: Contract) -> pd.DataFrame:
@@ -225,6 +243,8 @@ def _score(
         written = _rows(scored)
         if written:  # replaces the empty folder claimed for it
             scored.rename(out)
+        else:  # no row to score: still a table, of no rows, for whatever reads it next
+            pq.write_table(output_schema(contract, scorer).empty_table(), out / "empty.parquet")
         return written, quarantined
     finally:
         shutil.rmtree(staging, ignore_errors=True)
