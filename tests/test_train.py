@@ -67,6 +67,25 @@ def test_one_worker_trains_what_xgboost_alone_trains(ray_session, tmp_path):
     np.testing.assert_allclose(result.booster.predict(matrix), alone.predict(matrix), rtol=1e-6)
 
 
+def test_a_ray_started_on_this_machine_trains_without_a_preemption_watcher(ray_session, tmp_path):
+    """The session's Ray was started by `init_ray("local")`: no node of it can be preempted, so
+    Ray Train starts no PreemptionWatcher actor (a process per run) to watch for it."""
+    from ray.util.state import list_actors
+
+    cfg = TrainConfig(
+        num_workers=1,
+        cpus_per_worker=1,
+        num_boost_round=2,
+        early_stopping_rounds=None,
+        params={"objective": "binary:logistic"},
+    )
+    result = _train(cfg, tmp_path, "unwatched", 500)
+    assert result.booster.num_boosted_rounds() == 2
+    trainers = list_actors(filters=[("class_name", "=", "TrainController")], limit=10_000)
+    watchers = list_actors(filters=[("class_name", "=", "PreemptionWatcher")], limit=10_000)
+    assert trainers and not watchers, watchers
+
+
 def _free_cpus() -> float:
     """Free CPUs once Ray's view has settled (it lags placement groups by a moment)."""
     import time
