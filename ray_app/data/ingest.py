@@ -402,9 +402,7 @@ def coerce(batch: pd.DataFrame, contract: Contract) -> tuple[pd.DataFrame, dict[
         if bad.any():
             failures[name] = raw[bad]
         typed[name] = parsed
-    # Not copied into 2-D blocks: every column is already a new array, and consolidating them
-    # cost a third of coerce (measured on 250k scoring rows: 0.54 against 0.77 µs a row).
-    return pd.DataFrame(typed, index=batch.index, copy=False), failures
+    return pd.DataFrame(typed, index=batch.index), failures
 
 
 def arrow_schema(contract: Contract) -> pa.Schema:
