@@ -19,16 +19,27 @@ if TYPE_CHECKING:
     from ray_app.pipeline import PipelineResult
 
 app = typer.Typer(
+    rich_markup_mode="markdown",
     help="ray_app: validated, tracked, gated XGBoost models on one Ray cluster.",
     no_args_is_help=True,
 )
-data_app = typer.Typer(help="Datasets: snapshots and the built-in table.", no_args_is_help=True)
+data_app = typer.Typer(
+    rich_markup_mode="markdown",
+    help="Datasets: snapshots and the built-in table.",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
-contract_app = typer.Typer(help="Data contracts.", no_args_is_help=True)
+contract_app = typer.Typer(
+    rich_markup_mode="markdown", help="Data contracts.", no_args_is_help=True
+)
 app.add_typer(contract_app, name="contract")
-shadow_app = typer.Typer(help="Shadow traffic: what the candidate would have answered.")
+shadow_app = typer.Typer(
+    rich_markup_mode="markdown", help="Shadow traffic: what the candidate would have answered."
+)
 app.add_typer(shadow_app, name="shadow")
-keys_app = typer.Typer(help="API keys of the prediction service.", no_args_is_help=True)
+keys_app = typer.Typer(
+    rich_markup_mode="markdown", help="API keys of the prediction service.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -687,7 +698,9 @@ def trace(
 
 
 labels_app = typer.Typer(
-    help="Delayed labels: outcomes joined to the prediction log.", no_args_is_help=True
+    rich_markup_mode="markdown",
+    help="Delayed labels: outcomes joined to the prediction log.",
+    no_args_is_help=True,
 )
 app.add_typer(labels_app, name="labels")
 
