@@ -38,10 +38,16 @@ help:
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "[install] Python 3.11+ needed (the lock's numpy, scipy, scikit-learn): $(PYTHON) is" \
+	    "$$($(PYTHON) --version 2>&1); run with PYTHON=python3.11"; exit 1; }; \
+	  $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements.lock -e ".[dev]"
 	@touch $@
+
+# A job runs in a temporary copy of the working directory: a relative DATA is made absolute here.
+DATA_ARG = $(if $(DATA),--data $(abspath $(DATA)))
 
 # A new head answers `ray job list` before its job agent can take jobs: a no-op job is
 # submitted until one is accepted (the first `make pipeline` once failed without this).
@@ -63,12 +69,12 @@ cluster: install
 pipeline: cluster
 	$(CLUSTER_ENV) $(BIN)/ray job submit --address $(DASHBOARD) --working-dir . \
 	  --runtime-env-json '{"env_vars": {"RAYAPP_GIT_COMMIT": "'"$$(git rev-parse HEAD 2>/dev/null || echo unknown)"'"}}' \
-	  -- python jobs/pipeline.py --config configs/pipeline.yaml $(if $(DATA),--data $(DATA))
+	  -- python jobs/pipeline.py --config configs/pipeline.yaml $(DATA_ARG)
 
 tune: cluster
 	$(CLUSTER_ENV) $(BIN)/ray job submit --address $(DASHBOARD) --working-dir . \
 	  --runtime-env-json '{"env_vars": {"RAYAPP_GIT_COMMIT": "'"$$(git rev-parse HEAD 2>/dev/null || echo unknown)"'"}}' \
-	  -- python jobs/tune.py --config configs/pipeline.yaml $(if $(DATA),--data $(DATA)) $(if $(RESUME),--resume)
+	  -- python jobs/tune.py --config configs/pipeline.yaml $(DATA_ARG) $(if $(RESUME),--resume)
 
 deploy: cluster
 	@$(BIN)/rayapp keys create   # the service's API key, outside git, mode 600
@@ -115,7 +121,10 @@ stop:
 	@if [ -x $(BIN)/ray ]; then $(BIN)/ray stop; fi
 
 # One worker and no GenAI job runner: 2 processes and 0.5 GB, against MLflow 3's default 15 and 3.2 GB.
+# A tracking URI that is already a server (http://...) has its own UI.
 mlflow-ui: install
+	@case "$(MLFLOW_TRACKING_URI)" in http://*|https://*) \
+	  echo "[ui] MLFLOW_TRACKING_URI is a server: open $(MLFLOW_TRACKING_URI)"; exit 0;; esac; \
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) \
 		--host 127.0.0.1 --port 5000 --workers 1
 

@@ -10,11 +10,13 @@ catch misspelled fields (KubeRay's schemas allow unknown keys) or CEL rules, whi
 from __future__ import annotations
 
 import copy
+import fnmatch
 import gzip
 import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -94,11 +96,16 @@ def test_serve_config_is_valid_and_names_real_deployments():
     assert names == {Router.name, ShadowScorer.name}
 
 
-def test_rayservice_embeds_serve_config_applications():
+def test_rayservice_embeds_serve_config_but_for_the_pod_settings_it_names():
     service = _yaml("kuberay/rayservice.yaml")
     embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
-    assert embedded["applications"] == _yaml("serve_config.yaml")["applications"]
     ServeDeploySchema.model_validate(embedded)
+    local = _yaml("serve_config.yaml")
+    # The two differences kuberay/rayservice.yaml's header gives, and nothing else.
+    assert embedded["http_options"].pop("host") == "0.0.0.0"
+    assert local["http_options"].pop("host") == "127.0.0.1"
+    assert "proxy_location" not in embedded and local.pop("proxy_location") == "HeadOnly"
+    assert embedded == local
 
 
 # --- KubeRay manifests against the CRDs ---
@@ -194,6 +201,55 @@ def test_every_pod_runs_the_project_image_and_shares_the_stores(name):
             assert urlsplit(env["MLFLOW_TRACKING_URI"]).scheme in ("http", "https"), name
             assert env[DATA_STORE_ENV].startswith("s3://"), name
             assert group["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+TRAINING = ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml")  # where trials and training run
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_every_pod_keeps_checkpoints_on_one_shared_volume(name):
+    """Ray refuses a results folder only the head sees: RAYAPP_RESULTS lies on the one
+    ReadWriteMany claim, mounted at the same path in every pod."""
+    (claim,) = yaml.safe_load_all((ROOT / "kuberay/results.yaml").read_text())
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for group in _groups(_yaml(name)):
+        pod = group["template"]["spec"]
+        volumes = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in pod.get("volumes", [])
+            if "persistentVolumeClaim" in v
+        }
+        for container in pod["containers"]:
+            results = Path(_env(container)["RAYAPP_RESULTS"])
+            mounts = {
+                m["mountPath"]: volumes.get(m["name"]) for m in container.get("volumeMounts", [])
+            }
+            shared = [path for path in mounts if results.is_relative_to(path)]
+            assert shared and mounts[shared[0]] == claim["metadata"]["name"], (name, mounts)
+
+
+@pytest.mark.parametrize("name", ["kuberay/raycluster.yaml", "kuberay/rayservice.yaml"])
+def test_every_pod_that_may_serve_has_the_api_keys(name):
+    """Router replicas land on workers (the head has no task CPUs) and refuse to start
+    without keys."""
+    for container in _containers(_yaml(name)):
+        (keys,) = [e for e in container["env"] if e["name"] == "RAYAPP_API_KEYS"]
+        assert keys["valueFrom"]["secretKeyRef"] == {"name": "ray-app-api-keys", "key": "keys"}
+
+
+def test_mlflow_admits_only_ray_pods():
+    docs = _mlflow_docs()
+    policy = docs["NetworkPolicy"]["spec"]
+    pods = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pods.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    assert source["podSelector"]["matchExpressions"] == [
+        {"key": "ray.io/cluster", "operator": "Exists"}  # the label KubeRay puts on its pods
+    ]
+    assert [p["port"] for p in rule["ports"]] == [docs["Service"]["spec"]["ports"][0]["port"]]
 
 
 def test_one_mlflow_and_one_store_for_every_manifest():
@@ -325,4 +381,45 @@ def test_cluster_yaml_nodes_share_stores_and_token(tmp_path):
     (head_start,) = [c for c in cluster["head_start_ray_commands"] if "--head" in c]
     assert "--dashboard-host=127.0.0.1" in head_start
     assert "/home/ubuntu/.ray/auth_token" in cluster["file_mounts"]  # one token for all nodes
-    assert ".venv" in cluster["rsync_exclude"]
+    # Checkpoints on a filesystem a setup command mounts on every node.
+    results = Path(env["RAYAPP_RESULTS"])
+    mounted = [c for c in cluster["setup_commands"] if "mount -t nfs4" in c]
+    assert mounted and any(f" {path} " in mounted[0] for path in map(str, results.parents))
+    # The Router's key file, where a replica on any node looks for it.
+    assert f"{env['RAYAPP_HOME']}/api_keys" in cluster["file_mounts"]
+
+
+def test_cluster_yaml_uploads_the_whole_package(tmp_path):
+    """What `ray up` leaves out: what git ignores, and `rsync_exclude`, whose bare names rsync
+    matches at any depth (`data` would drop ray_app/data)."""
+    cluster = _yaml("cluster.yaml")
+    assert cluster["rsync_filter"] == [".gitignore"]
+    shipped = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert "ray_app/data/__init__.py" in shipped
+    for pattern in cluster["rsync_exclude"]:
+        if pattern.startswith("/"):
+            continue  # anchored to the project folder
+        for path in shipped:
+            assert not any(fnmatch.fnmatch(part, pattern) for part in Path(path).parts), (
+                pattern,
+                path,
+            )
+
+
+def test_cluster_yaml_installs_what_its_provider_needs():
+    """The head's autoscaler runs in the project's venv and launches EC2 workers with boto3;
+    workers get an instance profile for the store (Ray gives its own to the head only)."""
+    cluster = _yaml("cluster.yaml")
+    assert cluster["provider"]["type"] == "aws"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    (install,) = [c for c in cluster["setup_commands"] if ".venv/bin/pip install" in c]
+    assert '".[aws]"' in install and "boto3" in extras["aws"]
+    lock = (ROOT / "requirements.lock").read_text()
+    assert re.search(r"^boto3==", lock, re.M)
+    for name, node in cluster["available_node_types"].items():
+        if name != cluster["head_node_type"]:
+            assert node["node_config"]["IamInstanceProfile"], name
