@@ -31,7 +31,7 @@ from bench.harness import peak_rss_mb, report, run_child
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "churn_model"
 ROWS_PER_REQUEST = 4
-END = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.timezone.utc)  # the window's end: fixed
+END = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)  # the window's end: fixed
 
 
 def _env(home: Path) -> None:

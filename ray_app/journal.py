@@ -57,7 +57,7 @@ def hold(path: Path, what: str, busy: type[Busy] = Busy) -> Iterator[None]:
             raise busy(f"{what} is already running ({holder})") from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()} since {dt.datetime.now(dt.timezone.utc):%F %T} UTC")
+        handle.write(f"pid {os.getpid()} since {dt.datetime.now(dt.UTC):%F %T} UTC")
         handle.flush()
         try:
             yield

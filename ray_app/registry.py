@@ -159,7 +159,7 @@ def _move(
             f"{name}@{alias} moved to version {current} while this was judged against "
             f"version {expected}; judge again"
         )
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     entry = AliasMove(
         when=now.isoformat(timespec="microseconds"),
         alias=alias,
@@ -254,7 +254,7 @@ class RolloutEvent:
 def record_rollout(
     name: str, action: str, reason: str, rollout_id: str = "", detail: object = None
 ) -> RolloutEvent:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     event = RolloutEvent(
         when=now.isoformat(timespec="microseconds"),
         action=action,

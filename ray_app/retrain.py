@@ -205,7 +205,7 @@ def locked(model: str) -> AbstractContextManager[None]:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _runs(model: str, where: str = "", limit: int = 1) -> list[mlflow.entities.Run]:
@@ -230,11 +230,11 @@ def _schedule_due(cfg: RetrainConfig, model: str, now: dt.datetime) -> tuple[boo
     the production version was registered)."""
     last = _runs(model)
     if last:
-        since = dt.datetime.fromtimestamp(last[0].info.start_time / 1000, dt.timezone.utc)
+        since = dt.datetime.fromtimestamp(last[0].info.start_time / 1000, dt.UTC)
         what = f"retrain {last[0].data.tags.get('id', '')} started"
     else:
         version = registry.version_for(model)
-        since = dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.timezone.utc)
+        since = dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.UTC)
         what = f"v{version.version} was registered"
     due = croniter(cfg.schedule, since).get_next(dt.datetime)
     if due <= now:

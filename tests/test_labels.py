@@ -27,7 +27,7 @@ from ray_app.monitor.predictions import Answered, PredictionLog, read
 
 ROOT = Path(__file__).resolve().parent.parent
 HOUR = dt.timedelta(hours=1)
-NOW = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+NOW = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,11 @@ def _send(service: str, api, contract, path: Path) -> tuple[dt.datetime, dt.date
     the window they were answered in, once the log has them (flush_s is 1 s)."""
     dates = [c for c in contract.input_columns if contract.columns[c].type == "date"]
     rows = to_records(pd.read_csv(path, parse_dates=dates), contract)
-    start = dt.datetime.now(dt.timezone.utc)
+    start = dt.datetime.now(dt.UTC)
     for i in range(0, len(rows), 50):
         answer = api.post(f"{service}/predict", json={"instances": rows[i : i + 50]}, timeout=30)
         assert answer.status_code == 200, answer.text
-    end = dt.datetime.now(dt.timezone.utc)
+    end = dt.datetime.now(dt.UTC)
     time.sleep(2.5)
     return start, end
 

@@ -93,11 +93,11 @@ def _instances(path, contract) -> list[dict]:
 def _send(service, api, contract, path, per_request=50) -> tuple[dt.datetime, dt.datetime]:
     """Every row of a synth file through /predict; the window it was answered in, once logged."""
     rows = _instances(path, contract)
-    start = dt.datetime.now(dt.timezone.utc)
+    start = dt.datetime.now(dt.UTC)
     for i in range(0, len(rows), per_request):
         answer = api.post(f"{service}/predict", json={"instances": rows[i : i + per_request]})
         assert answer.status_code == 200, answer.text
-    end = dt.datetime.now(dt.timezone.utc)
+    end = dt.datetime.now(dt.UTC)
     time.sleep(2.5)  # the log flushes every second
     return start, end
 
@@ -208,7 +208,7 @@ def test_drift_with_a_better_candidate_goes_through_a_canary_into_production(
     traffic = synth.write(tmp_path / "traffic.csv", 3_000, seed=34, drift=drift)
     start, _ = _send(service, api, contract, traffic)
     new_data = synth.write(tmp_path / "new.csv", 20_000, seed=35, drift=drift)
-    window = (dt.datetime.now(dt.timezone.utc) - start).total_seconds() + 60
+    window = (dt.datetime.now(dt.UTC) - start).total_seconds() + 60
     cfg = _config(tmp_path, pipeline_yaml, window, data=str(new_data), watch={"every_s": 2})
 
     out = CliRunner().invoke(
@@ -345,7 +345,7 @@ def test_the_watcher_checks_and_exports_what_the_alerts_read(
     start, end = _send(service, api, contract, traffic)
     outcomes = tmp_path / "labels.csv"
     pd.read_csv(traffic)[["customer_id", "churned"]].to_csv(outcomes, index=False)
-    window = (dt.datetime.now(dt.timezone.utc) - start).total_seconds() + 30
+    window = (dt.datetime.now(dt.UTC) - start).total_seconds() + 30
     cfg = _config(tmp_path, pipeline_yaml, window, cooldown_s=3600)
     cfg = cfg.model_copy(update={"triggers": retrain.Triggers(drift=True, live_quality=True)})
     monitor = load_monitor_config(cfg.monitor)
@@ -373,7 +373,7 @@ def test_a_cron_schedule_that_is_due_starts_a_retrain_and_one_that_is_not_waits(
     result, pipeline_yaml, tmp_path
 ):
     quiet = {"triggers": {"drift": False, "live_quality": False}}
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2)
     every_minute = _config(tmp_path, pipeline_yaml, 60, schedule="* * * * *", **quiet)
     decision = retrain.decide(every_minute, data="new.csv", now=later)
     assert decision.retrain and decision.reasons[0].startswith("schedule '* * * * *': due at")

@@ -54,7 +54,7 @@ def _answered(service: str, api, contract, folder: Path) -> tuple[str, dict, lis
 def test_trace_leads_from_a_logged_prediction_to_everything_that_produced_it(
     result, service, api, contract, tmp_path
 ):
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     rid, answer, ids = _answered(service, api, contract, tmp_path)
     name, version = answer["model_name"], answer["model_version"]
 
@@ -72,7 +72,7 @@ def test_trace_leads_from_a_logged_prediction_to_everything_that_produced_it(
     assert [r["label"] for r in found["rows"]] == [str(p["label"]) for p in answer["predictions"]]
     for r in found["rows"]:
         assert r["variant"] == answer["variant"] and r["model_version"] == f"{name}/{version}"
-        assert before <= dt.datetime.fromisoformat(r["time"]) <= dt.datetime.now(dt.timezone.utc)
+        assert before <= dt.datetime.fromisoformat(r["time"]) <= dt.datetime.now(dt.UTC)
     assert len(found["files"]) == 1 and f"model={name}" in found["files"][0]
 
     # The version: every fact as the registry and the training run record it.
@@ -151,7 +151,7 @@ def test_an_unknown_request_id_says_where_it_looked(result, service, api):
     assert open_store(None).url("predictions", f"model={result.model_name}") in out.output
     assert "flushed every 1 s" in out.output
     # Bounded to dates with no log yet: nothing searched, and it says so.
-    tomorrow = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
+    tomorrow = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     later = CliRunner().invoke(cli, ["trace", rid, "--since", f"{tomorrow:%F}"])
     assert later.exit_code == 2 and f"no partition date>={tomorrow:%F}" in later.output
     bad = CliRunner().invoke(cli, ["trace", rid, "--since", "yesterday"])

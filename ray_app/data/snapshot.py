@@ -112,7 +112,7 @@ def write_snapshot(
         contract=contract.name,
         contract_hash=contract_hash(contract),
         attempt=f"attempt-{uuid.uuid4().hex[:12]}",
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         quarantined_rows=quarantined,
         store=store,
     )

@@ -199,7 +199,7 @@ def run(
 ) -> DriftSummary:
     """Judge the last `window_s` of the served (production) version's traffic."""
     tracking.configure()
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     since = now - dt.timedelta(seconds=cfg.window_s)
     model = load(ModelRef(model_name, alias=registry.PRODUCTION))
     served = f"{model.name}/{model.version}"

@@ -263,7 +263,7 @@ def ingest(
     """Validate a labels file against the served model's contract and its prediction log,
     store its new labels, and say how they joined. Bad input stores nothing (DataError)."""
     tracking.configure()
-    path, now = Path(path).resolve(), now or dt.datetime.now(dt.timezone.utc)
+    path, now = Path(path).resolve(), now or dt.datetime.now(dt.UTC)
     frame = _read_file(path)
     log = read(store, model_name).to_pandas()
     if log.empty:

@@ -230,7 +230,7 @@ def live_quality(
     """Judge every version that answered between `since` (default: `live.window_s` before
     `now`) and `now` on the labels ingested so far; one MLflow run per version."""
     tracking.configure()
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     since = since or now - dt.timedelta(seconds=cfg.live.window_s)
     log = read(store, model_name, since).to_pandas()
     log = log[log["_time"] <= pd.Timestamp(now)] if not log.empty else log

@@ -109,7 +109,7 @@ class PredictionLog:
                 return 0
             by_hour: dict[tuple[str, str], list[Answered]] = {}
             for answered in batch:
-                when = dt.datetime.fromtimestamp(answered.time, dt.timezone.utc)
+                when = dt.datetime.fromtimestamp(answered.time, dt.UTC)
                 by_hour.setdefault((f"{when.date()}", f"{when.hour:02d}"), []).append(answered)
             written = 0
             for (day, hour), answers in by_hour.items():
@@ -208,7 +208,7 @@ def read(
         return _empty(columns)
     wanted = pads.scalar(True)
     if since is not None:
-        start, date = since.astimezone(dt.timezone.utc), pads.field("date")
+        start, date = since.astimezone(dt.UTC), pads.field("date")
         day, hour = f"{start:%F}", f"{start:%H}"
         wanted &= (date > day) | ((date == day) & (pads.field("hour") >= hour))
         wanted &= pads.field("_time") >= pa.scalar(since, _STAMP)

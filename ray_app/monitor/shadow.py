@@ -46,7 +46,7 @@ SCHEMA = pa.schema(
 def write(store: DataStore, route: str, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    day = dt.datetime.fromtimestamp(rows[0]["time"], dt.timezone.utc).date()
+    day = dt.datetime.fromtimestamp(rows[0]["time"], dt.UTC).date()
     folder = store.path(FOLDER, route, f"date={day}")
     store.fs.create_dir(folder, recursive=True)
     name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
@@ -89,8 +89,8 @@ def report(store: DataStore, route: str, since: float | None = None) -> dict[str
         },
         "shadow_latency_ms": pct(first["shadow_latency_ms"].to_numpy(float), (50, 95, 99)),
         "primary_latency_ms": pct(first["primary_latency_ms"].to_numpy(float), (50, 95, 99)),
-        "from": dt.datetime.fromtimestamp(frame["time"].min(), dt.timezone.utc).isoformat(),
-        "to": dt.datetime.fromtimestamp(frame["time"].max(), dt.timezone.utc).isoformat(),
+        "from": dt.datetime.fromtimestamp(frame["time"].min(), dt.UTC).isoformat(),
+        "to": dt.datetime.fromtimestamp(frame["time"].max(), dt.UTC).isoformat(),
     }
 
 

@@ -91,7 +91,7 @@ def since_time(text: str) -> dt.datetime:
     """A `--since` value: an ISO date or time (`2026-11-25`, `2026-11-25T14:00`), UTC unless it
     names its zone. Raises ValueError."""
     when = dt.datetime.fromisoformat(text)
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def describe(found: Trace) -> list[str]:
@@ -123,7 +123,7 @@ def _date_folders(store: DataStore, model: str | None, since: dt.datetime | None
     """The log's `model=/date=` folders to scan (one model's or every model's), newest first,
     from `since`'s date on."""
     models = [f"model={model}"] if model else store.folders(FOLDER)
-    first = "" if since is None else f"date={since.astimezone(dt.timezone.utc).date()}"
+    first = "" if since is None else f"date={since.astimezone(dt.UTC).date()}"
     found = [
         posixpath.join(m, d)
         for m in models
