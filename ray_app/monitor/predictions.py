@@ -5,7 +5,9 @@ and a background thread writes what gathered every `flush_s` seconds as Parquet 
 `<store>/predictions/model=<name>/date=YYYY-MM-DD/hour=HH/`, one file per flush and hour, so
 Ray Data and pyarrow read it as a hive-partitioned dataset. The buffer is bounded in rows (past
 it, requests are answered but not logged, and counted); a graceful shutdown flushes it; a
-killed replica loses at most the last `flush_s` seconds.
+killed replica loses at most the last `flush_s` seconds. Rows the store refuses (an outage) go
+back to the buffer for the next flush; a request whose rows Arrow cannot convert is dropped and
+counted alone, never with the others of its flush.
 
 A row holds the model's input columns with their contract types, the non-feature columns the
 client sent (id, sensitive), and the answer: `_time`, `_request_id`, `_row`, `_variant`,
@@ -88,39 +90,91 @@ class PredictionLog:
         self.pending_rows = 0
         self.dropped_rows = 0
         self.written_rows = 0
+        self.error: str | None = None  # why the last flush failed, until one succeeds
+        # The queue and its counts change together (a request's add, the flusher's swap), so no
+        # row is counted in two places or in none; uncontended, it costs a request ~0.1 us.
+        self._queue_lock = threading.Lock()
         self._write_lock = threading.Lock()  # the flusher and a shutdown flush never interleave
 
     def add(self, answered: Answered) -> bool:
         """Queue one answered request; False (and counted) when the buffer is full."""
-        if self.pending_rows + len(answered.rows) > self.max_rows:
-            self.dropped_rows += len(answered.rows)
-            return False
-        self.pending.append(answered)
-        self.pending_rows += len(answered.rows)
-        return True
+        with self._queue_lock:
+            if self.pending_rows + len(answered.rows) > self.max_rows:
+                self.dropped_rows += len(answered.rows)
+                return False
+            self.pending.append(answered)
+            self.pending_rows += len(answered.rows)
+            return True
 
     def flush(self) -> int:
-        """Write what is queued, one file per hour it spans; returns the rows written."""
+        """Write what is queued, one file per hour it spans; returns the rows written. When the
+        store fails, what is not written goes back to the front of the queue (as far as
+        `max_rows` allows; the rest is counted as dropped) and the error is raised."""
         with self._write_lock:
-            # One assignment: a request appending meanwhile lands in one list or the other.
-            batch, self.pending = self.pending, []
-            self.pending_rows = 0
-            if not batch:
-                return 0
+            with self._queue_lock:
+                batch, self.pending, self.pending_rows = self.pending, [], 0
             by_hour: dict[tuple[str, str], list[Answered]] = {}
             for answered in batch:
                 when = dt.datetime.fromtimestamp(answered.time, dt.UTC)
                 by_hour.setdefault((f"{when.date()}", f"{when.hour:02d}"), []).append(answered)
-            written = 0
-            for (day, hour), answers in by_hour.items():
-                written += self._write(day, hour, answers)
-            self.written_rows += written
+            hours, written = list(by_hour.items()), 0
+            try:
+                for i, ((day, hour), answers) in enumerate(hours):
+                    table, kept = self._table(answers)
+                    try:
+                        written += self._put(day, hour, table) if kept else 0
+                    except Exception:
+                        self._requeue([*kept, *(a for _, later in hours[i + 1 :] for a in later)])
+                        raise
+            except Exception as e:
+                self.error = f"{type(e).__name__}: {e}"[:500]
+                raise
+            finally:
+                self.written_rows += written
+            self.error = None
             return written
 
-    def _write(self, day: str, hour: str, answers: list[Answered]) -> int:
-        """One Parquet file of these requests' rows: what clients sent, converted by Arrow from
-        the row dicts in one call (4x a column-by-column Python loop, and this thread shares
-        the router's GIL), then the answer, a value per request repeated per row."""
+    def _requeue(self, answers: list[Answered]) -> None:
+        with self._queue_lock:
+            room, kept = self.max_rows - self.pending_rows, []
+            for answered in answers:
+                if len(answered.rows) <= room:
+                    kept.append(answered)
+                    room -= len(answered.rows)
+                else:
+                    self.dropped_rows += len(answered.rows)
+            self.pending = kept + self.pending
+            self.pending_rows = self.max_rows - room
+
+    def _table(self, answers: list[Answered]) -> tuple[pa.Table | None, list[Answered]]:
+        """These requests' rows as one table, and the requests in it. Should Arrow refuse a
+        value (an integer past 64 bits), each request is converted alone and only those it
+        refuses are dropped, counted and logged."""
+        try:
+            return self._rows(answers), answers
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            pass
+        tables, kept = [], []
+        for answered in answers:
+            try:
+                tables.append(self._rows([answered]))
+                kept.append(answered)
+            except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
+                with self._queue_lock:
+                    self.dropped_rows += len(answered.rows)
+                logger.warning(
+                    "prediction log of %s: request %s not logged: %s: %s",
+                    self.model,
+                    answered.request_id,
+                    type(e).__name__,
+                    e,
+                )
+        return (pa.concat_tables(tables) if tables else None), kept
+
+    def _rows(self, answers: list[Answered]) -> pa.Table:
+        """What clients sent, converted by Arrow from the row dicts in one call (4x a
+        column-by-column Python loop, and this thread shares the router's GIL), then the
+        answer, a value per request repeated per row."""
         sent = pa.schema([f for f in self.schema if not f.name.startswith("_")])
         table = pa.Table.from_pylist([row for a in answers for row in a.rows], schema=sent)
         counts = [len(a.rows) for a in answers]
@@ -142,6 +196,10 @@ class PredictionLog:
         }
         for name, kind in ANSWER:
             table = table.append_column(pa.field(name, kind), pa.array(answer[name], kind))
+        return table
+
+    def _put(self, day: str, hour: str, table: pa.Table) -> int:
+        """One Parquet file in the hour's folder."""
         folder = self.store.path(FOLDER, f"model={self.model}", f"date={day}", f"hour={hour}")
         self.store.fs.create_dir(folder, recursive=True)
         name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
@@ -159,7 +217,6 @@ class Flusher:
     def __init__(self, logs: list[PredictionLog], flush_s: float):
         self.logs, self.flush_s = logs, flush_s
         self.stop_event = threading.Event()
-        self.error: str | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name="prediction-log")
         self.thread.start()
 
@@ -167,13 +224,17 @@ class Flusher:
         while not self.stop_event.wait(self.flush_s):
             self.flush()
 
+    @property
+    def error(self) -> str | None:
+        """Each failing log's last error (another log's success does not hide it)."""
+        failing = [f"{log.model}: {log.error}" for log in self.logs if log.error]
+        return "; ".join(failing) or None
+
     def flush(self) -> None:
         for log in self.logs:
             try:
                 log.flush()
-                self.error = None
-            except Exception as e:  # the store may be briefly unreachable: keep serving
-                self.error = f"{type(e).__name__}: {e}"[:500]
+            except Exception:  # the store may be briefly unreachable: keep serving
                 logger.exception("could not write the prediction log of %s", log.model)
 
     def stop(self) -> None:
