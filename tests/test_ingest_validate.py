@@ -6,10 +6,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_app.data import synth
-from ray_app.data.ingest import DataError, coerce, dataset_version, inspect_source, read_raw
+from ray_app.data.contract import Contract
+from ray_app.data.ingest import (
+    DataError,
+    as_frame,
+    coerce,
+    dataset_version,
+    inspect_source,
+    read_raw,
+)
 from ray_app.data.snapshot import META_FILE, read_snapshot, write_snapshot
 from ray_app.data.store import DataStore
-from ray_app.data.validate import validate
+from ray_app.data.validate import row_reasons, validate
 
 
 def _validate(path, contract, batch_size=2_000):
@@ -151,3 +159,37 @@ def test_a_missing_value_in_text_is_a_null_whatever_the_column_type(contract):
     assert failures == {}
     assert typed.iloc[1].isna().all() and pd.isna(typed.loc[2, "age"])
     assert typed.loc[[0, 3], "age"].notna().all()
+
+
+def test_an_arrow_batch_keeps_the_digits_of_integer_columns_with_nulls():
+    """Batch scoring reads Arrow batches through `as_frame`; pandas alone makes floats of an
+    integer column with a null, so a category of 0/1 would read as "0.0"/"1.0" (and break its
+    allowed set) and an integer id as "1001.0"."""
+    contract = Contract.model_validate(
+        {
+            "name": "ints",
+            "columns": {
+                "account": {"type": "string", "nullable": False, "unique": True, "roles": ["id"]},
+                "senior": {"type": "category", "nullable": True, "allowed": [0, 1]},
+                "spend": {"type": "float", "nullable": False, "roles": ["feature"]},
+                "churned": {
+                    "type": "integer",
+                    "allowed": [0, 1],
+                    "roles": ["label"],
+                    "positive": 1,
+                },
+            },
+        }
+    )
+    table = pa.table(
+        {
+            "account": pa.array([1001, None, 1003], pa.int64()),
+            "senior": pa.array([0, 1, None], pa.int64()),
+            "spend": [1.0, 2.0, 3.0],
+            "churned": pa.array([0, 1, 0], pa.int64()),
+        }
+    )
+    typed, reasons = row_reasons(as_frame(table), contract.model_dump_json())
+    assert typed["account"].tolist() == ["1001", None, "1003"]
+    assert typed["senior"].tolist() == ["0", "1", None]
+    assert reasons[0] == reasons[2] == "" and "account" in reasons[1]

@@ -6,7 +6,7 @@ import pytest
 from ray_app.config import rayapp_home
 from ray_app.data import sources, synth
 from ray_app.data.ingest import DataError
-from ray_app.data.quarantine import REASON
+from ray_app.data.quarantine import REASON, _bad_rows
 from ray_app.data.snapshot import read_snapshot
 
 
@@ -57,3 +57,15 @@ def test_too_many_bad_rows_stop_and_leave_nothing(ray_session, pipeline_config, 
     version = dataset_version(path)
     assert not (rayapp_home() / "quarantine" / version).exists()
     assert not (rayapp_home() / "data" / version).exists()
+
+
+def test_a_quarantined_row_keeps_a_null_as_null(contract):
+    """Ray Data hands the quarantine pass Arrow-typed pandas batches; a null written as the
+    text "<NA>" (or "nan", "None") would come back as a value when the row is fixed and
+    ingested again."""
+    frame = next(synth.generate(3, seed=1)).astype("string[pyarrow]")
+    frame.loc[0, "monthly_charge"] = "-5"  # breaks the contract
+    frame.loc[0, "gender"] = None
+    held = _bad_rows(frame, contract.model_dump_json())
+    assert len(held) == 1 and "monthly_charge" in held[REASON].iloc[0]
+    assert held["gender"].iloc[0] is None and held["monthly_charge"].iloc[0] == "-5"

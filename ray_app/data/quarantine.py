@@ -21,10 +21,16 @@ from ray_app.data.validate import row_reasons
 REASON = "_quarantine_reason"
 
 
+def as_read(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows as text, as they were read (an integer as its digits), a null left null; every
+    file of a quarantine folder then has the same, text, columns."""
+    return frame.astype("string").astype(object).where(frame.notna(), None)
+
+
 def _bad_rows(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
     _, reasons = row_reasons(batch, contract_json)
     bad = reasons != ""
-    return batch[bad].astype(str).assign(**{REASON: reasons[bad]})
+    return as_read(batch[bad]).assign(**{REASON: reasons[bad]})
 
 
 def good_rows(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:

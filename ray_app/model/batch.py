@@ -38,7 +38,7 @@ from ray_app.data.ingest import (
     read_raw,
     reading,
 )
-from ray_app.data.quarantine import REASON
+from ray_app.data.quarantine import REASON, as_read
 from ray_app.data.validate import row_reasons
 from ray_app.model.scoring import Scorer
 
@@ -156,9 +156,7 @@ def _quarantined(batch: pa.Table, contract_json: str) -> pd.DataFrame:
     checked = _as_contract(frame, Contract.model_validate_json(contract_json))
     reasons = row_reasons(checked, contract_json)[1]
     bad = reasons != ""
-    raw = frame[bad]
-    as_read = raw.astype("string").astype(object).where(raw.notna(), None)
-    return as_read.assign(**{REASON: reasons[bad]})
+    return as_read(frame[bad]).assign(**{REASON: reasons[bad]})
 
 
 def batch_predict(
