@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -39,6 +41,9 @@ from ray_app.rollout.routing import (
 )
 
 logger = logging.getLogger("ray.serve")
+# A variant that resolved but would not load (a registry or artefact-store blip) is tried
+# again this often, not on every poll, until it loads or its alias moves.
+RELOAD_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class LiveRoute:
     shadow: str | None  # the shadow's "name/version", scored by the Shadow deployment
     held_back: dict[str, str]  # variant name -> why it is not served (as configured)
     versions: dict[str, str]  # variant (and shadow) name -> "name/version" it resolved to
+    unloaded: frozenset[str] = frozenset()  # variants that resolved but would not load
+    built: float = field(default_factory=time.monotonic)
 
     @property
     def serving(self) -> dict[str, str]:
@@ -85,6 +92,9 @@ class Fleet:
     stats: dict[tuple[str, str], VariantStats] = field(default_factory=dict)
     stopped: dict[str, tuple[str, str]] = field(default_factory=dict)  # route -> (rollout, why)
     _models: dict[str, LoadedModel] = field(default_factory=dict)  # "name/version" -> model
+    # Canary endings stopped here but not yet recorded in the registry (it was unreachable):
+    # recorded on the next judgement, so that other replicas learn of them.
+    unrecorded: list[tuple] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -115,12 +125,15 @@ class Fleet:
                     self.stats = {k: v for k, v in list(self.stats.items()) if k[0] != name}
 
     def refresh(self) -> None:
-        """Rebuild the routes whose aliases point elsewhere now (every `poll_s`)."""
+        """Rebuild the routes whose aliases point elsewhere now (every `poll_s`), and those
+        with a variant that would not load, every `RELOAD_S`."""
         with self._lock:
+            now = time.monotonic()
             changed = {
                 name: self._build(name)
                 for name, live in self.routes.items()
                 if self._resolve(live.config) != live.versions
+                or (live.unloaded and now - live.built >= RELOAD_S)
             }
             if changed:
                 self._swap({**self.routes, **changed})
@@ -134,10 +147,18 @@ class Fleet:
 
     @staticmethod
     def _resolve(config: Route) -> dict[str, str]:
+        """Variant (and shadow) name -> the "name/version" its reference points at now. One
+        whose alias or run is gone is left out (held back when its route is built), so that it
+        does not stop the others from following their aliases; an unreachable registry
+        raises."""
         refs = {v.name: v.model for v in config.variants}
         if config.shadow is not None:
             refs[config.shadow.name] = config.shadow.model
-        return {name: "/".join(ModelRef.parse(ref).resolve()) for name, ref in refs.items()}
+        resolved = {}
+        for name, ref in refs.items():
+            with suppress(registry.RegistryError):
+                resolved[name] = "/".join(ModelRef.parse(ref).resolve())
+        return resolved
 
     def _load(self, ref: str) -> LoadedModel:
         name, version = ModelRef.parse(ref).resolve()
@@ -148,14 +169,17 @@ class Fleet:
 
     def _build(self, name: str) -> LiveRoute:
         config = self.route_config(name)
-        scorers, held, versions = {}, {}, {}
+        scorers, held, versions, unloaded = {}, {}, self._resolve(config), set()
         for variant in config.variants:
+            if variant.name not in versions:
+                held[variant.name] = f"cannot resolve {variant.model}: gone"
+                continue
             try:
-                model = self._load(variant.model)
+                model = self._load(versions[variant.name])
             except Exception as e:  # one variant that cannot load must not take down the rest
                 held[variant.name] = f"cannot load {variant.model}: {type(e).__name__}: {e}"
+                unloaded.add(variant.name)
                 continue
-            versions[variant.name] = f"{model.name}/{model.version}"
             if request_schema(model.features) != self._schemas[name]:
                 held[variant.name] = (
                     f"{model.name} version {model.version}: its request schema differs from "
@@ -165,11 +189,9 @@ class Fleet:
             scorers[variant.name] = Scorer.of(model, self.config.threshold)
         shadow = None
         if config.shadow is not None:  # scored in its own deployment, which loads it
-            try:
-                shadow = "/".join(ModelRef.parse(config.shadow.model).resolve())
-                versions[config.shadow.name] = shadow
-            except Exception as e:
-                held[config.shadow.name] = f"cannot resolve {config.shadow.model}: {e}"
+            shadow = versions.get(config.shadow.name)
+            if shadow is None:
+                held[config.shadow.name] = f"cannot resolve {config.shadow.model}: gone"
         for variant, reason in held.items():
             logger.error("route %s, variant %s: %s", name, variant, reason)
         primary = config.primary.name
@@ -178,7 +200,9 @@ class Fleet:
             logger.error(
                 "route %s: answering with %s instead", name, scorers[primary].model.version
             )
-        return LiveRoute(name, config, self.requests[name], scorers, shadow, held, versions)
+        return LiveRoute(
+            name, config, self.requests[name], scorers, shadow, held, versions, frozenset(unloaded)
+        )
 
     def _fallback(self, name: str) -> Scorer:
         """What answers when the primary cannot: the version this replica serves now, else the
@@ -214,6 +238,12 @@ class Fleet:
         replica), promote one that finished its schedule cleanly with enough evidence. One
         route's failure does not keep the others from being judged."""
         failed = []
+        for ending in list(self.unrecorded):
+            try:
+                registry.record_rollout(*ending)
+                self.unrecorded.remove(ending)
+            except Exception as e:
+                failed.append(f"{ending[0]}: recording {ending[1]}: {type(e).__name__}: {e}")
         for name, live in list(self.routes.items()):
             canary = live.config.canary
             if canary is None or self.canary_stopped(name, canary):
@@ -227,8 +257,13 @@ class Fleet:
             raise RuntimeError("; ".join(failed))
 
     def _judge(self, live: LiveRoute, canary: Canary, now: float) -> None:
+        """A breach on this replica's requests stops the canary here whether or not the
+        registry answers: an outage must not keep a failing canary serving."""
         name = live.name
-        ended = self._recorded(name, canary)
+        try:
+            ended, unreachable = self._recorded(name, canary), None
+        except Exception as e:
+            ended, unreachable = None, e
         if ended is not None:
             self.stopped[name] = (canary.rollout_id, ended)
             return
@@ -237,17 +272,26 @@ class Fleet:
         )
         why = breach(primary, trial, canary.limits)
         if why is not None:
-            self._end(name, canary, ROLLBACK, why, {"primary": primary, "canary": trial})
             logger.error("route %s: canary %s rolled back: %s", name, canary.variant, why)
+            self._end(name, canary, ROLLBACK, why, {"primary": primary, "canary": trial})
             return
+        if unreachable is not None:
+            raise unreachable
         enough = min(primary["requests"], trial["requests"]) >= canary.limits.min_requests
         servable = canary.variant in live.scorers
         if canary.finished(now) and canary.promote and enough and servable:
             self._promote(live, canary, primary, trial)
 
     def _end(self, name: str, canary: Canary, action: str, why: str, detail: object = None) -> None:
+        """Stop the rollout here at once, then record it (again on each judgement until the
+        registry takes it)."""
         self.stopped[name] = (canary.rollout_id, why)
-        registry.record_rollout(name, action, why, canary.rollout_id, detail)
+        ending = (name, action, why, canary.rollout_id, detail)
+        try:
+            registry.record_rollout(*ending)
+        except Exception:
+            self.unrecorded.append(ending)
+            raise
 
     def _summary(self, name: str, variant: str) -> dict[str, float]:
         stats = self.stats.get((name, variant))
