@@ -138,6 +138,30 @@ def test_bad_requests_get_422_naming_the_field_and_service_keeps_serving(result,
     assert health["models"][result.model_name]["serving"] == {"primary": _named(result)}
 
 
+def test_a_request_id_past_its_bound_is_a_400_and_one_within_is_echoed(result, service, api):
+    """The id is logged with every row of its request: 10,000 rows of an 8 KB id would be
+    80 MB in the prediction log's buffer."""
+    sample = sample_request(result.model_name)
+    for bad in ("x" * 129, "has space", "tab\there"):
+        response = api.post(
+            f"{service}/predict", json=sample, headers={"X-Request-ID": bad}, timeout=30
+        )
+        assert response.status_code == 400 and "X-Request-ID" in response.json()["detail"]
+    fine = "trace-" + "a" * 122
+    answer = api.post(f"{service}/predict", json=sample, headers={"X-Request-ID": fine}, timeout=30)
+    assert answer.status_code == 200 and answer.json()["request_id"] == fine
+
+
+def test_a_body_with_many_bad_fields_names_the_first_and_counts_them_all(result, service, api):
+    good = sample_request(result.model_name)["instances"][0]
+    rows = [{**good, "age": "old", "plan": "gold"} for _ in range(30)]  # within max_instances
+    response = api.post(f"{service}/predict", json={"instances": rows}, timeout=30)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["count"] == 60 and len(body["errors"]) == 50, body
+    assert body["errors"][0]["field"] == "instances.0.plan" and "50 more" in body["detail"]
+
+
 def test_input_json_cannot_carry_back_is_a_422_not_a_500(result, service, api):
     good = sample_request(result.model_name)["instances"][0]
     for field, literal in (("monthly_charge", "NaN"), ("age", "Infinity"), ("age", "-Infinity")):
