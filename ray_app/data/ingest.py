@@ -189,6 +189,16 @@ def on_this_node(path: Path) -> str:
     return f"local://{path}"
 
 
+def pinned_args() -> dict[str, Any]:
+    """`ray_remote_args` for the read and write tasks `on_this_node` pins to this node. A
+    cluster head started without task CPUs, as `cluster.yaml` and `kuberay/` start it so that
+    work goes to the workers, could never run a task that asks for one, and Ray refuses such a
+    pin: there these tasks ask for none."""
+    here = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here), 0)
+    return {} if cpus else {"num_cpus": 0}
+
+
 def read_parquet(paths: str, **options: Any) -> ray.data.Dataset:
     """`ray.data.read_parquet` through Ray's V1 Parquet datasource (`DataContext.use_datasource_v2`
     off for this call). The V2 default reads every footer on a pool of `FooterReader` actors that
@@ -207,8 +217,10 @@ def read_raw(source: Source, contract: Contract) -> ray.data.Dataset:
     """Read a source with Ray Data; CSV columns are kept as text for `coerce` to parse."""
     if source.fmt == "parquet":
         with reading(source):  # the V1 reader reads a sample of the files, in a Ray task, here
-            return read_parquet(on_this_node(source.path))
-    return ray.data.read_csv(on_this_node(source.path), **csv_options(source.columns))
+            return read_parquet(on_this_node(source.path), ray_remote_args=pinned_args())
+    return ray.data.read_csv(
+        on_this_node(source.path), ray_remote_args=pinned_args(), **csv_options(source.columns)
+    )
 
 
 def read_problem(source: Source) -> str | None:

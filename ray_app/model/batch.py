@@ -35,6 +35,7 @@ from ray_app.data.ingest import (
     as_frame,
     on_this_node,
     open_source,
+    pinned_args,
     read_raw,
     reading,
 )
@@ -221,7 +222,9 @@ def _score(
                 batch_size=batch_rows,
                 compute=ray.data.ActorPoolStrategy(size=pool),
                 num_cpus=cpus,
-            ).write_parquet(on_this_node(staging), partition_cols=[STATUS])
+            ).write_parquet(
+                on_this_node(staging), partition_cols=[STATUS], ray_remote_args=pinned_args()
+            )
         scored, held = (staging / f"{STATUS}={status}" for status in (SCORED, QUARANTINED))
         quarantined = _rows(held)
         if quarantined:  # rare: read again, keeping the bad rows as read, rather than every row
@@ -306,7 +309,7 @@ def _write(ds: ray.data.Dataset, target: Path) -> None:
     """Into a temporary sibling, renamed into place: a folder there is always complete."""
     tmp = target.with_name(f".tmp-{target.name}-{uuid.uuid4().hex[:8]}")
     try:
-        ds.write_parquet(on_this_node(tmp))
+        ds.write_parquet(on_this_node(tmp), ray_remote_args=pinned_args())
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
