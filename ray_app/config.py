@@ -252,8 +252,13 @@ def rayapp_home() -> Path:
     working directory is a temporary copy deleted with the session: there `~/.rayapp`."""
     if home := os.environ.get("RAYAPP_HOME"):
         return Path(home).resolve()
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    return ((Path.home() if in_job else Path.cwd()) / ".rayapp").resolve()
+    return ((Path.home() if in_ray_job() else Path.cwd()) / ".rayapp").resolve()
+
+
+def in_ray_job() -> bool:
+    """Whether this is the driver of a Ray job (`ray job submit`), which runs in a temporary
+    copy of its working directory, deleted when the job ends."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
 
 def results_root() -> Path:

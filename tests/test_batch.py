@@ -158,6 +158,8 @@ def test_batch_predict_refuses_what_it_cannot_score_and_leaves_nothing_behind(re
         (name, tmp_path / "csvs", out, "must hold .parquet files"),
         (name, ragged, out, "line 202: expected"),
         (name, tmp_path / "table", tmp_path / "table" / "scores", "inside the folder it scores"),
+        (name, data, Path("s3://bucket/scored"), "not object-store URIs"),
+        (name, data, data / "scored", "cannot create the folder: Not a directory"),
     ]
     for model, source, target, message in cases:
         run = CliRunner().invoke(
@@ -166,6 +168,20 @@ def test_batch_predict_refuses_what_it_cannot_score_and_leaves_nothing_behind(re
         assert run.exit_code == 2 and message in run.output, run.output
         assert not target.exists() and not Path(f"{target}.quarantine").exists()
     assert not list(tmp_path.rglob(".tmp-*"))
+    assert not Path("s3:").exists()  # nothing written under the working directory
+
+
+def test_a_job_refuses_a_relative_out_that_would_go_with_its_working_directory(
+    result, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets for a job's driver
+    monkeypatch.chdir(tmp_path)
+    data = synth.write(tmp_path / "t.csv", 100, seed=46)
+    run = CliRunner().invoke(
+        cli, ["batch-predict", "--model", result.model_name, "--data", str(data), "--out", "x"]
+    )
+    assert run.exit_code == 2 and "give an absolute path" in run.output, run.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_an_id_is_written_with_its_contract_type(result):

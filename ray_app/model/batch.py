@@ -12,6 +12,7 @@ sensitive columns may be absent from a table to score; the model's inputs and th
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import uuid
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
+from ray_app.config import in_ray_job
 from ray_app.data.contract import Contract
 from ray_app.data.ingest import (
     ARROW_TYPES,
@@ -50,6 +52,7 @@ MODEL_VERSION, DATA_VERSION = "model_version", "data_version"
 # quarantine pass. Nothing is held in memory across the table.
 STATUS, SCORED, QUARANTINED = "_status", "scored", "quarantined"
 BATCH_ROWS = 50_000
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://, gs://, file:/ (a Path keeps one slash)
 # Blocks of 32 MiB (~250k rows here): a 1M-row file read as one block (the V2 reader's 128 MiB)
 # is scored by one actor alone (measured: 6.8-7.3 s against 5.8-6.3 s), and the V1 reader's
 # 1 MiB blocks are 124 tasks to schedule (warm: 7.4-8.0 s against 4.1-5.0 s). The bound on what
@@ -172,6 +175,7 @@ def batch_predict(
     break the contract go to `<out>.quarantine/` with the reason. `actors`: how many scoring
     actors hold the model (half a CPU each)."""
     started = time.perf_counter()
+    _local_paths(data, out)
     out, bad_out = Path(out).resolve(), Path(f"{Path(out).resolve()}.quarantine")
     # Imported here, not above: the scoring actors import this module and have no use for
     # the registry or MLflow (0.8 s more to start each one).
@@ -251,6 +255,24 @@ def _score(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _local_paths(data: str | Path, out: str | Path) -> None:
+    """Refuse what would score or write somewhere other than the user meant: an object-store
+    URI (a `Path` would make `s3://b/x` the local folder `s3:/b/x`), and, in a Ray job, a
+    relative `out`, which would land in the job's temporary copy of its working directory."""
+    for option, path in (("--data", data), ("--out", out)):
+        if URI.match(str(path)):
+            raise DataError(
+                f"{option} {path}: batch scoring reads and writes files on the driver's machine "
+                "or a filesystem every node mounts, not object-store URIs; score into a local "
+                "folder, then copy it (aws s3 cp --recursive)"
+            )
+    if in_ray_job() and not Path(out).is_absolute():
+        raise DataError(
+            f"--out {out}: give an absolute path; a Ray job runs in a temporary copy of its "
+            "working directory, deleted with everything in it when the job ends"
+        )
+
+
 @contextmanager
 def _claimed(out: Path, bad_out: Path) -> Iterator[None]:
     """Claim the output and quarantine folders before any work by creating them empty, an
@@ -264,6 +286,8 @@ def _claimed(out: Path, bad_out: Path) -> Iterator[None]:
                 target.mkdir(parents=True)
             except FileExistsError:
                 raise DataError(f"{target} exists; batch scoring writes a new folder") from None
+            except OSError as e:  # a file on the way, no permission, a read-only disk
+                raise DataError(f"{target}: cannot create the folder: {e.strerror}") from None
             made.append(target)
         yield
     except BaseException:
