@@ -73,6 +73,10 @@ def test_the_label_and_sensitive_columns_may_be_absent_but_inputs_may_not(result
     frame.drop(columns=["churned", "gender"]).to_csv(tmp_path / "unlabelled.csv", index=False)
     done = batch_predict(result.model_name, tmp_path / "unlabelled.csv", tmp_path / "out")
     assert done.scored == 1_000 and done.quarantine is None
+    # A label the model never reads is not checked: unknown outcomes (-1) are still scored.
+    frame.assign(churned=-1).to_csv(tmp_path / "unknown.csv", index=False)
+    done = batch_predict(result.model_name, tmp_path / "unknown.csv", tmp_path / "out3")
+    assert done.scored == 1_000 and done.quarantine is None
 
     frame.drop(columns=["age"]).to_parquet(tmp_path / "no_age.parquet")
     with pytest.raises(DataError, match=r"missing columns \['age'\]"):

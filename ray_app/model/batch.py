@@ -79,8 +79,11 @@ class BatchResult:
 
 
 def scoring_contract(contract: Contract, source: Source) -> Contract:
-    """The contract a table to score is checked by: its label and sensitive columns may be
-    absent or null; everything the model reads, and the id, must be there."""
+    """The contract a table to score is checked by: everything the model reads, and the id,
+    must be there and valid. Any other column (the label, sensitive or slice columns) may be
+    absent or null, whatever its null tolerance in training data, and the label's values are
+    not checked at all: a row is never set aside for a column the model does not read, except
+    a sensitive value outside its set, which serving refuses too."""
     required = [*contract.input_columns, *([contract.id_column] if contract.id_column else [])]
     missing = [c for c in required if c not in source.columns]
     if missing:
@@ -88,9 +91,17 @@ def scoring_contract(contract: Contract, source: Source) -> Contract:
             f"{source.path}: missing columns {missing} that model {contract.name!r} needs "
             f"(found {source.columns})"
         )
-    optional = {contract.label_column, *contract.sensitive_columns}
+    unchecked = {"allowed": None, "min": None, "max": None}
     relaxed = {
-        name: spec.model_copy(update={"nullable": True}) if name in optional else spec
+        name: spec
+        if name in required
+        else spec.model_copy(
+            update={
+                "nullable": True,
+                "max_null_fraction": None,
+                **(unchecked if name == contract.label_column else {}),
+            }
+        )
         for name, spec in contract.columns.items()
     }
     return contract.model_copy(update={"columns": relaxed})
