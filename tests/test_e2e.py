@@ -121,6 +121,12 @@ def test_bad_requests_get_422_naming_the_field_and_service_keeps_serving(result,
         ({"instances": [{**good, "age": "old"}]}, "instances.0.age"),
         ({"instances": [{k: v for k, v in good.items() if k != "region"}]}, "instances.0.region"),
         ({"rows": [good]}, "instances"),
+        # the contract's id pattern and cross-column rule, as its checks of files apply them
+        ({"instances": [{**good, "customer_id": "X1"}]}, "instances.0.customer_id"),
+        (
+            {"instances": [{**good, "signup_date": "2020-02-02", "last_login": "2020-01-01"}]},
+            "instances.0: Value error, last_login (2020-01-01) must be >= signup_date",
+        ),
     ]
     for body, field in cases:
         response = api.post(f"{service}/predict", json=body, timeout=30)

@@ -10,12 +10,13 @@ shows the true schema instead of a free-form dict.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 from typing import Annotated, Any, Literal
 
 import pandas as pd
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
-from ray_app.data.contract import ColumnSpec, Contract
+from ray_app.data.contract import ColumnSpec, Contract, Rule
 from ray_app.features import FeatureSet
 
 MAX_INSTANCES = 10_000  # rows per request unless the application's args say otherwise
@@ -49,6 +50,8 @@ def _field(name: str, spec: ColumnSpec) -> tuple[Any, Any]:
     if spec.max == "today":
         kind = Annotated[kind, AfterValidator(_not_after_today)]
         bounds["description"] = "no later than today"
+    if spec.pattern is not None and not spec.allowed:
+        bounds["pattern"] = spec.pattern
     if spec.nullable:
         return (kind | None, Field(None, alias=name, **bounds))
     return (kind, Field(..., alias=name, **bounds))
@@ -66,9 +69,14 @@ def request_models(
     for i, name in enumerate(contract.passthrough_columns):  # optional, never fed to the model
         spec = contract.columns[name].model_copy(update={"nullable": True})
         fields[f"p{i}"] = _field(name, spec)
+    keys = {alias_of(f): key for key, f in fields.items()}
+    rules = [r for r in contract.rules if r.column in keys and r.other in keys]
     instance = create_model(
         "Instance",
-        __config__=ConfigDict(extra="forbid", populate_by_name=False),
+        # Python's `re`, as the contract's checks of files use (GX's pandas engine, batch
+        # scoring): a pattern means the same thing in a file and in a request.
+        __config__=ConfigDict(extra="forbid", populate_by_name=False, regex_engine="python-re"),
+        __validators__={"_rules": model_validator(mode="after")(_rules_check(rules, keys))},
         **fields,
     )
     request = create_model(
@@ -77,6 +85,27 @@ def request_models(
         instances=(list[instance], Field(..., min_length=1, max_length=max_instances)),
     )
     return instance, request
+
+
+def alias_of(field: tuple[Any, Any]) -> str:
+    return field[1].alias
+
+
+_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
+
+
+def _rules_check(rules: list[Rule], keys: dict[str, str]) -> Any:
+    """The contract's cross-column rules (`last_login >= signup_date`) on one row, as the
+    checks of files apply them: a row with either value null is not judged."""
+
+    def check(row: BaseModel) -> BaseModel:
+        for rule in rules:
+            a, b = getattr(row, keys[rule.column]), getattr(row, keys[rule.other])
+            if a is not None and b is not None and not _OPS[rule.op](a, b):
+                raise ValueError(f"{rule.column} ({a}) must be {rule.op} {rule.other} ({b})")
+        return row
+
+    return check
 
 
 def request_schema(fs: FeatureSet) -> dict[str, Any]:
