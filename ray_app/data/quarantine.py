@@ -11,7 +11,9 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import ray.data
 
 from ray_app.data.contract import Contract
@@ -21,16 +23,20 @@ from ray_app.data.validate import row_reasons
 REASON = "_quarantine_reason"
 
 
-def as_read(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows as text, as they were read (an integer as its digits), a null left null; every
-    file of a quarantine folder then has the same, text, columns."""
-    return frame.astype("string").astype(object).where(frame.notna(), None)
+def held(rows: pd.DataFrame, reasons: np.ndarray) -> pa.Table:
+    """Rows as read, as text (an integer as its digits, a null left null), with the reason.
+    Every file of a quarantine folder has the same text columns, even one whose rows are all
+    null in a column (Arrow would type it null there, and the folder would not read whole)."""
+    text = rows.astype("string").astype(object).where(rows.notna(), None)
+    text = text.assign(**{REASON: reasons})
+    schema = pa.schema([(name, pa.string()) for name in text.columns])
+    return pa.Table.from_pandas(text, schema=schema, preserve_index=False)
 
 
-def _bad_rows(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
+def _bad_rows(batch: pd.DataFrame, contract_json: str) -> pa.Table:
     _, reasons = row_reasons(batch, contract_json)
     bad = reasons != ""
-    return as_read(batch[bad]).assign(**{REASON: reasons[bad]})
+    return held(batch[bad], reasons[bad])
 
 
 def good_rows(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:

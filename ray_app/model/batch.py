@@ -41,7 +41,7 @@ from ray_app.data.ingest import (
     read_raw,
     reading,
 )
-from ray_app.data.quarantine import REASON, as_read
+from ray_app.data.quarantine import held
 from ray_app.data.validate import row_reasons
 from ray_app.model.scoring import Scorer
 
@@ -164,14 +164,14 @@ def _as_contract(batch: pd.DataFrame, contract: Contract) -> pd.DataFrame:
     return batch.assign(**dict.fromkeys(missing)) if missing else batch
 
 
-def _quarantined(batch: pa.Table, contract_json: str) -> pd.DataFrame:
+def _quarantined(batch: pa.Table, contract_json: str) -> pa.Table:
     """The batch's rows that break the contract, as read (only the columns the table has),
     with the reason; checked as the scoring pass checked them."""
     frame = as_frame(batch)
     checked = _as_contract(frame, Contract.model_validate_json(contract_json))
     reasons = row_reasons(checked, contract_json)[1]
     bad = reasons != ""
-    return as_read(frame[bad]).assign(**{REASON: reasons[bad]})
+    return held(frame[bad], reasons[bad])
 
 
 def batch_predict(
