@@ -111,6 +111,17 @@ def test_a_parquet_folder_whose_files_disagree_on_columns_is_refused(contract, t
     with pytest.raises(DataError, match=r"lacks \['age'\] and adds \['shoe_size'\]") as err:
         inspect_source(folder, contract)
     assert str(folder / "day=2" / "b.parquet") in str(err.value)
+    frame.assign(age=frame.age.astype(str)).to_parquet(folder / "day=2" / "b.parquet")
+    with pytest.raises(DataError, match=r"column 'age' is string there and int64 in"):
+        inspect_source(folder, contract)
+
+
+def test_a_header_that_names_a_column_twice_is_refused(contract, churn_csv, tmp_path):
+    lines = churn_csv.read_text().splitlines()
+    path = tmp_path / "twice.csv"
+    path.write_text("\n".join([lines[0] + ",age", *(line + ",30" for line in lines[1:5])]) + "\n")
+    with pytest.raises(DataError, match=r"columns \['age'\] appear more than once"):
+        inspect_source(path, contract)
 
 
 def test_header_only_file_fails_row_count(ray_session, contract, churn_csv, tmp_path):

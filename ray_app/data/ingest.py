@@ -83,17 +83,24 @@ def _parquet_columns(folder: Path) -> list[str]:
             f"{folder}: a folder to read must hold .parquet files, and this one has none "
             "(for CSV, name the file itself)"
         )
-    first = _header(files[0], "parquet")
+    first = _schema(files[0])
     for file in files[1:]:
-        if set(columns := _header(file, "parquet")) != set(first):
-            missing = [c for c in first if c not in columns]
-            extra = [c for c in columns if c not in first]
+        schema = _schema(file)
+        if set(schema.names) != set(first.names):
+            missing = [c for c in first.names if c not in schema.names]
+            extra = [c for c in schema.names if c not in first.names]
             differ = [f"lacks {missing}" if missing else "", f"adds {extra}" if extra else ""]
             raise DataError(
                 f"{file}: {' and '.join(filter(None, differ))} against {files[0]}; every file "
                 "of a folder must have the same columns"
             )
-    return first
+        for name in first.names:  # Ray Data fails on such a folder without naming the file
+            if (kind := schema.field(name).type) != (was := first.field(name).type):
+                raise DataError(
+                    f"{file}: column {name!r} is {kind} there and {was} in {files[0]}; every "
+                    "file of a folder must have the same column types"
+                )
+    return list(first.names)
 
 
 def _format(file: Path) -> str:
@@ -105,13 +112,15 @@ def _format(file: Path) -> str:
     raise DataError(f"{file}: unsupported file type {suffix!r}; expected .csv or .parquet")
 
 
+def _schema(file: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(file)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{file}: not a readable Parquet file ({e})") from None
+
+
 def _header(file: Path, fmt: str) -> list[str]:
-    if fmt == "parquet":
-        try:
-            return list(pq.read_schema(file).names)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"{file}: not a readable Parquet file ({e})") from None
-    return csv_header(file)
+    return list(_schema(file).names) if fmt == "parquet" else csv_header(file)
 
 
 def csv_header(path: Path) -> list[str]:
@@ -136,6 +145,11 @@ def open_source(path: str | Path) -> Source:
     else:
         fmt = _format(path)
         columns = _header(path, fmt)
+    if repeated := sorted({c for c in columns if columns.count(c) > 1}):
+        raise DataError(
+            f"{path}: columns {repeated} appear more than once in the header; every column "
+            "needs a name of its own"
+        )
     return Source(path=path, fmt=fmt, version=dataset_version(path), columns=columns)
 
 
