@@ -59,6 +59,11 @@ def _base() -> dict:
         (lambda c: c["columns"]["y"]["roles"].clear(), "exactly one column must have role `label`"),
         (lambda c: c["columns"]["y"].pop("allowed"), "needs its `allowed` values"),
         (lambda c: c["columns"]["y"].update(positive="Maybe"), "not in allowed"),
+        (lambda c: c["columns"]["y"]["allowed"].append("Maybe"), "its two class values"),
+        (
+            lambda c: c["columns"]["y"].update(type="integer", positive=1, allowed=None),
+            "its two class values",
+        ),
         (lambda c: c["columns"]["x"].update(type="decimal"), "columns.x.type"),
         (
             lambda c: c.update(

@@ -77,7 +77,13 @@ class ColumnSpec(BaseModel):
         if "label" in self.roles:
             if self.positive is None:
                 raise ValueError("the label column needs `positive` (its positive class value)")
-            if self.allowed is not None and self.positive not in self.allowed:
+            if self.allowed is None or len(self.allowed) != 2:
+                # A binary classifier: every prediction names one of the two classes (with
+                # one only, a negative prediction had no label to write).
+                raise ValueError(
+                    f"the label column needs `allowed`: its two class values, got {self.allowed}"
+                )
+            if self.positive not in self.allowed:
                 raise ValueError(f"positive label {self.positive!r} is not in allowed values")
         return self
 
