@@ -11,7 +11,7 @@ go, with the reason, to `<out>.quarantine/` and are never scored.
 
 import sys
 
-from ray_app.cli import app
+from ray_app.cli import main
 
 if __name__ == "__main__":
-    app(["batch-predict", *sys.argv[1:]], prog_name="jobs/batch_predict.py")
+    main(["batch-predict", *sys.argv[1:]], prog_name="jobs/batch_predict.py")

@@ -8,7 +8,7 @@ The verdict and Evidently's report land in MLflow (experiment `ray_app-monitor`)
 
 import sys
 
-from ray_app.cli import app
+from ray_app.cli import main
 
 if __name__ == "__main__":
-    app(["monitor", *sys.argv[1:]], prog_name="jobs/monitor.py")
+    main(["monitor", *sys.argv[1:]], prog_name="jobs/monitor.py")

@@ -11,7 +11,7 @@ node) is resumed by submitting the same command again: steps it finished are not
 
 import sys
 
-from ray_app.cli import app
+from ray_app.cli import main
 
 if __name__ == "__main__":
-    app(["pipeline", "--yes", *sys.argv[1:]], prog_name="jobs/pipeline.py")
+    main(["pipeline", "--yes", *sys.argv[1:]], prog_name="jobs/pipeline.py")

@@ -9,7 +9,7 @@ Each retrain is an MLflow run (experiment `ray_app-retrain`) and a `rayapp histo
 
 import sys
 
-from ray_app.cli import app
+from ray_app.cli import main
 
 if __name__ == "__main__":
-    app(["retrain", *sys.argv[1:]], prog_name="jobs/retrain.py")
+    main(["retrain", *sys.argv[1:]], prog_name="jobs/retrain.py")

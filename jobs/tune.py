@@ -8,7 +8,7 @@ Trials run wherever the cluster has room: CPU trials on CPU nodes, cuda trials o
 
 import sys
 
-from ray_app.cli import app
+from ray_app.cli import main
 
 if __name__ == "__main__":
-    app(["tune", *sys.argv[1:]], prog_name="jobs/tune.py")
+    main(["tune", *sys.argv[1:]], prog_name="jobs/tune.py")

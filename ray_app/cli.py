@@ -734,5 +734,21 @@ def labels_ingest(
     typer.echo("\n".join([*added.lines(), *report.lines()]))
 
 
+def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
+    """The `rayapp` entry point (and the jobs'): an MLflow that cannot be reached or refuses a
+    call is said in one line, naming the tracking URI (redacted), not in a traceback."""
+    try:
+        app(args=args, prog_name=prog_name)
+    except Exception as e:
+        mlflow = sys.modules.get("mlflow")  # imported by then if the error came from it
+        if mlflow is None or not isinstance(e, mlflow.exceptions.MlflowException):
+            raise
+        from ray_app.config import redact_url, redact_urls_in
+
+        uri = redact_url(mlflow.get_tracking_uri())
+        typer.echo(f"MLflow at {uri}: {redact_urls_in(e.message)}", err=True)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -8,6 +8,7 @@ A config leaves the process (MLflow artefacts, files beside Tune's state) only `
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -302,6 +303,14 @@ def redact_url(text: str) -> str:
         fragment = f"#{parts.fragment}" if parts.fragment else ""
         text = f"{text.partition('?')[0]}?{urlencode(masked, safe='*')}{fragment}"
     return text  # rebuilt by hand: `urlunsplit` turns `sqlite:////abs` into `sqlite://abs`
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` (an error message) with every URL in it redacted as `redact_url` does."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
 def redacted(obj: Any) -> Any:
