@@ -61,6 +61,9 @@ OUTCOMES = PROMOTED, KEPT, SKIPPED, ROLLED_BACK, FAILED = (
     "rolled back",
     "failed",
 )
+# Outcomes that judged a model of their data: the same data would train the same model again
+# (even with --force); one that failed or was skipped judged nothing, and is tried again.
+JUDGED = (PROMOTED, KEPT, ROLLED_BACK)
 
 
 class Triggers(Strict):
@@ -367,10 +370,11 @@ def _start(decision: Decision) -> Journal:
 
 
 def _tried(model: str, data_version: str, current: str) -> str | None:
-    """How an earlier retrain on the same data version ended, if one did."""
-    for run in _runs(model, f"tags.data_version = '{data_version}'", limit=5):
+    """How an earlier retrain that judged a model trained on the same data version ended, if
+    one did (`JUDGED`)."""
+    for run in _runs(model, f"tags.data_version = '{data_version}'", limit=20):
         tags = run.data.tags
-        if tags.get("id") != current and tags.get("outcome"):
+        if tags.get("id") != current and tags.get("outcome") in JUDGED:
             return f"retrain {tags['id']} ({tags['outcome']}: {tags.get('reason', '')})"
     return None
 

@@ -8,12 +8,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import mlflow
 import pandas as pd
 import pytest
 import requests
 import yaml
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from ray_app import registry, retrain, tracking
@@ -382,3 +384,21 @@ def test_a_cron_schedule_that_is_due_starts_a_retrain_and_one_that_is_not_waits(
     assert not decision.retrain and "schedule '0 0 1 1 *': next at" in decision.reasons[1]
     with pytest.raises(ValueError, match="is not a cron expression"):
         _config(tmp_path, pipeline_yaml, 60, schedule="every sunday")
+
+
+def test_a_failed_retrain_does_not_keep_its_data_from_being_tried_again(ray_session):
+    """A failure (a placement timeout, an unreachable dashboard) or a skip judged no model of
+    the data; a kept, promoted or rolled-back one did."""
+    tracking.configure()
+    client, model = MlflowClient(), f"tried-{uuid.uuid4().hex[:8]}"  # touches no other test
+
+    def ended(outcome: str) -> None:
+        tags = {"model_name": model, "data_version": "v1", "id": outcome, "outcome": outcome}
+        run = client.create_run(tracking.experiment_id(retrain.EXPERIMENT), tags=tags)
+        client.set_terminated(run.info.run_id)
+
+    ended(retrain.FAILED)
+    ended(retrain.SKIPPED)
+    assert retrain._tried(model, "v1", current="now") is None
+    ended(retrain.KEPT)
+    assert retrain._tried(model, "v1", current="now").startswith(f"retrain {retrain.KEPT} (kept")
