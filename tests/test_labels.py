@@ -9,6 +9,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sklearn import metrics as skm
 from typer.testing import CliRunner
@@ -21,7 +23,7 @@ from ray_app.data.store import open_store
 from ray_app.model.logged import load
 from ray_app.model.scoring import Scorer
 from ray_app.monitor.drift import LiveLimits, MonitorConfig
-from ray_app.monitor.labels import LABEL_TIME, ingest, join, read_labels
+from ray_app.monitor.labels import LABEL_TIME, ingest, join, read_labels, read_log
 from ray_app.monitor.live import live_quality
 from ray_app.monitor.predictions import Answered, PredictionLog, read
 
@@ -290,3 +292,21 @@ def test_labels_ingested_again_are_never_counted_twice(model, tmp_path):
     flipped = _labels_file(tmp_path / "flipped.csv", ids, 1 - y, later)
     with pytest.raises(DataError, match="300 rows contradict labels stored for the same id"):
         ingest(flipped, name, store, cfg)
+
+
+def test_integer_ids_in_the_log_read_as_their_digits(model, tmp_path):
+    """A log whose id column is an integer with a null in it (a request left the id out):
+    pandas alone would read 1001 as 1001.0, which no labels file's "1001" ever matches."""
+    store = open_store(str(tmp_path / "store"))
+    folder = Path(store.path("predictions", "model=ints", f"date={NOW:%F}", f"hour={NOW:%H}"))
+    folder.mkdir(parents=True)
+    when = pa.array([NOW, NOW + dt.timedelta(seconds=1)], pa.timestamp("us", tz="UTC"))
+    version = f"{model.name}/{model.version}"
+    table = pa.table(
+        {"customer_id": pa.array([1001, None], pa.int64()), "_time": when,
+         "_model_version": [version, version]}
+    )  # fmt: skip
+    pq.write_table(table, folder / "part-0.parquet")
+    log, served = read_log(store, "ints")
+    assert served.version == model.version
+    assert log["customer_id"].tolist() == ["1001", None]

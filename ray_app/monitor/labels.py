@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -248,9 +249,26 @@ def join(labels: pd.DataFrame, log: pd.DataFrame, contract: Contract, max_delay_
     )
 
 
-def served_model(log: pd.DataFrame) -> LoadedModel:
-    """The version that answered most recently: its contract names the id and the label."""
-    return load(ModelRef.parse(log.loc[log["_time"].idxmax(), "_model_version"]))
+def read_log(
+    store: DataStore,
+    model_name: str,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> tuple[pd.DataFrame, LoadedModel | None]:
+    """The prediction log in [since, until] as pandas, and the version that answered last
+    (None when nothing is logged), whose contract names the id and the label. The id is cast
+    to text in Arrow: pandas makes floats of an integer id column with a null (a request may
+    omit the id), and "1001.0" would never match the "1001" of a labels file."""
+    table = read(store, model_name, since, until)
+    if not table.num_rows:
+        return table.to_pandas(), None
+    last = pc.index(table["_time"], pc.max(table["_time"])).as_py()
+    served = load(ModelRef.parse(table["_model_version"][last].as_py()))
+    key = served.contract.id_column
+    if key in table.column_names and not pa.types.is_string(table.schema.field(key).type):
+        where = table.schema.get_field_index(key)
+        table = table.set_column(where, key, pc.cast(table[key], pa.string()))
+    return table.to_pandas(), served
 
 
 def ingest(
@@ -265,10 +283,10 @@ def ingest(
     tracking.configure()
     path, now = Path(path).resolve(), now or dt.datetime.now(dt.UTC)
     frame = _read_file(path)
-    log = read(store, model_name).to_pandas()
-    if log.empty:
+    log, served = read_log(store, model_name)
+    if served is None:
         raise DataError(f"{path}: no predictions of {model_name!r} are logged in {store.uri}")
-    contract = served_model(log).contract
+    contract = served.contract
     labels, problems = _parse(frame, path, contract, now)
     key, target = contract.id_column, contract.label_column
     known = set(log[key].dropna().astype(str))

@@ -31,8 +31,7 @@ from ray_app.model.loaded import LoadedModel
 from ray_app.model.logged import load
 from ray_app.model.scoring import Scorer
 from ray_app.monitor.drift import EXPERIMENT, LiveLimits, MonitorConfig, reference
-from ray_app.monitor.labels import LABEL_TIME, join, read_labels, served_model
-from ray_app.monitor.predictions import read
+from ray_app.monitor.labels import LABEL_TIME, join, read_labels, read_log
 
 ECE, ROWS, POSITIVES = "ece", "rows", "positives"
 
@@ -232,15 +231,13 @@ def live_quality(
     tracking.configure()
     now = now or dt.datetime.now(dt.UTC)
     since = since or now - dt.timedelta(seconds=cfg.live.window_s)
-    log = read(store, model_name, since).to_pandas()
-    log = log[log["_time"] <= pd.Timestamp(now)] if not log.empty else log
+    log, served = read_log(store, model_name, since, now)
     report = LiveReport(
         model_name, since.isoformat(timespec="seconds"), now.isoformat(timespec="seconds")
     )
-    if log.empty:
+    if served is None:
         return report
     gates = gate.load_gates(cfg.live.gates)
-    served = served_model(log)
     labels = read_labels(store, model_name)
     if not labels.empty:
         labels = labels[labels[LABEL_TIME] >= pd.Timestamp(since)]
