@@ -29,7 +29,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray.train.xgboost import RayTrainReportCallback
 
-from ray_app import features, registry, tracking
+from ray_app import features, tracking
 from ray_app.config import PipelineConfig, rayapp_home, redacted, results_root
 from ray_app.data import report as validation_report
 from ray_app.data.contract import Contract, load_contract
@@ -40,10 +40,9 @@ from ray_app.data.split import TRAIN, VALID
 from ray_app.evaluate.gate import Gates, load_gates
 from ray_app.evaluate.job import GateReport, run_gate
 from ray_app.journal import Busy, hold, load_entry, save_entry
-from ray_app.metrics import test_key
 from ray_app.model.ref import ModelRef
 from ray_app.progress import Steps
-from ray_app.publish import Published, model_name, publish
+from ray_app.publish import model_name, publish, registered
 from ray_app.train import fit_to_cluster, train, xgb_params
 
 # A journal's steps, in order: `step` names the next one to run.
@@ -215,7 +214,7 @@ def _train_and_publish(
     if entry.checkpoint:  # trained before the kill: its run is resumed, not trained again
         with mlflow.start_run(run_id=entry.mlflow_run_id):
             step(f"[resume] model trained in MLflow run {entry.mlflow_run_id} ({entry.checkpoint})")
-            published = _registered(entry) or publish(
+            published = registered(entry.mlflow_run_id, entry.model) or publish(
                 _booster(entry.checkpoint), prepared, snap, contract, cfg
             )
     else:
@@ -260,18 +259,6 @@ def _train_and_publish(
 
 def _booster(checkpoint: str) -> xgb.Booster:
     return RayTrainReportCallback.get_model(ray.train.Checkpoint(checkpoint))
-
-
-def _registered(entry: Journal) -> Published | None:
-    """The version a resumed run registered before it was killed, if it got that far (the
-    kill came between registering and journaling): publishing again would make a second."""
-    found = registry.versions_of_run(entry.mlflow_run_id, entry.model)
-    if not found:
-        return None
-    prefix = test_key("")
-    logged = MlflowClient().get_run(entry.mlflow_run_id).data.metrics
-    metrics = {k.removeprefix(prefix): v for k, v in logged.items() if k.startswith(prefix)}
-    return Published(entry.model, str(found[0].version), metrics)
 
 
 def _end_killed(run_id: str) -> None:

@@ -80,6 +80,18 @@ def _importance(booster: xgb.Booster) -> Figure:
     return fig
 
 
+def registered(run_id: str, name: str) -> Published | None:
+    """The version a run registered before its driver was killed, if it got that far (between
+    registering and recording it): publishing again would register a second."""
+    found = registry.versions_of_run(run_id, name)
+    if not found:
+        return None
+    prefix = test_key("")
+    logged = mlflow.MlflowClient().get_run(run_id).data.metrics
+    metrics = {k.removeprefix(prefix): v for k, v in logged.items() if k.startswith(prefix)}
+    return Published(name, str(found[0].version), metrics)
+
+
 def publish(
     booster: xgb.Booster,
     data: ModelData,

@@ -32,7 +32,7 @@ from ray_app.data.split import TRAIN, VALID
 from ray_app.features import ModelData, prepare
 from ray_app.metrics import ROC_AUC, eval_key, test_key
 from ray_app.progress import Steps
-from ray_app.publish import lineage, publish
+from ray_app.publish import lineage, model_name, publish, registered
 from ray_app.train import wait_for
 from ray_app.tuning import space
 from ray_app.tuning.mlflow_trials import MLflowTrials, child_run
@@ -292,13 +292,17 @@ def _finish(
     best_run = child_run(experiment, parent, trial_id)
     if best_run is None:
         raise RuntimeError(f"trial {trial_id} has no MLflow run under parent {parent}")
-    with mlflow.start_run(run_id=best_run):
-        mlflow.set_tag("best_trial", "true")
-        published = publish(
-            _load_booster(best), prepared, snap, contract, cfg, tags={"search": path.name}
-        )
-    model_name, version = published.model_name, published.model_version
-    registry.mark_candidate(model_name, version, f"best trial of search {path.name}")
+    # A search killed after registering its best (before closing its parent run) is
+    # resumed to that version, not registered again.
+    published = registered(best_run, model_name(cfg, contract))
+    if published is None:
+        with mlflow.start_run(run_id=best_run):
+            mlflow.set_tag("best_trial", "true")
+            published = publish(
+                _load_booster(best), prepared, snap, contract, cfg, tags={"search": path.name}
+            )
+    name, version = published.model_name, published.model_version
+    registry.mark_candidate(name, version, f"best trial of search {path.name}")
     metric_key = eval_key(VALID, search.metric)
     metric = best.metrics[metric_key]
     test = published.test_metrics
@@ -316,7 +320,7 @@ def _finish(
     client.set_terminated(parent)
     step(
         f"[tune] best trial {trial_id} ({metric_key}={metric:.4f}, test {ROC_AUC}="
-        f"{test[ROC_AUC]:.4f}) -> {model_name} v{version}, alias {registry.CANDIDATE!r}"
+        f"{test[ROC_AUC]:.4f}) -> {name} v{version}, alias {registry.CANDIDATE!r}"
     )
     return SearchResult(
         name=path.name,
@@ -329,6 +333,6 @@ def _finish(
         best_params=dict(best.config),
         best_metric=metric,
         test_metrics=test,
-        model_name=model_name,
+        model_name=name,
         model_version=version,
     )
