@@ -20,6 +20,7 @@ event on the registered model (`rayapp history`).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import time
 import uuid
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import mlflow
 from croniter import croniter
@@ -40,7 +41,7 @@ from ray_app.config import Strict, load_pipeline_config, load_search_config, loa
 from ray_app.data.contract import load_contract
 from ray_app.data.snapshot import find_snapshot
 from ray_app.data.sources import resolve_snapshot
-from ray_app.data.store import open_store
+from ray_app.data.store import DataStore, open_store
 from ray_app.evaluate.gate import load_gates
 from ray_app.evaluate.job import run_gate
 from ray_app.journal import Busy, hold, load_entry, save_entry
@@ -49,6 +50,9 @@ from ray_app.monitor import drift, gauges
 from ray_app.progress import Steps
 from ray_app.publish import model_name
 from ray_app.rollout.routing import ABANDON, CANARY, ENDINGS, PROMOTE, CanaryLimits
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXPERIMENT = "ray_app-retrain"
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
@@ -274,8 +278,12 @@ def decide(
         (triggers if scheduled else notes).append(text)
     monitor_cfg = drift.load_monitor_config(cfg.monitor)
     store = open_store(pcfg.data.store)
-    if cfg.triggers.drift:
-        summary = decision.drift = drift.run(model, monitor_cfg, store, now)
+    # A check that fails (an unreadable log, an unreachable registry) is said, and does not
+    # keep the schedule or --force from starting a retrain.
+    args, failed = (model, monitor_cfg, store, now), []
+    summary = _checked(failed, "drift", drift.run, *args) if cfg.triggers.drift else None
+    if summary is not None:
+        decision.drift = summary
         if summary.drifted:
             triggers.append(
                 f"drift in {summary.rows} rows of v{summary.version}: " + "; ".join(summary.reasons)
@@ -284,10 +292,9 @@ def decide(
             notes.append(
                 f"drift: {summary.verdict} ({'; '.join(summary.reasons) or f'{summary.rows} rows'})"
             )
-    if cfg.triggers.live_quality:
-        from ray_app.monitor.live import live_quality
-
-        live = decision.live = live_quality(model, monitor_cfg, store, now=now)
+    live = _checked(failed, "live quality", _live, *args) if cfg.triggers.live_quality else None
+    if live is not None:
+        decision.live = live
         # only production's own breaches: an old version still in the window is no reason
         served = [v for v in live.versions if v.version == f"{model}/{production}"]
         breaches = [b for v in served for b in v.breaches]
@@ -298,6 +305,7 @@ def decide(
             notes.append(f"live quality: no breach ({labelled} labelled rows of v{production})")
     source = data or cfg.data or (str(pcfg.data.path) if pcfg.data.path else None)
     decision.data = source
+    notes += failed
     if not triggers:
         decision.reasons = ["nothing calls for a retrain", *notes]
         return decision
@@ -319,7 +327,7 @@ def decide(
             *notes,
         ]
         return decision
-    decision.retrain, decision.reasons = True, triggers
+    decision.retrain, decision.reasons = True, [*triggers, *failed]
     return decision
 
 
@@ -367,6 +375,22 @@ def _start(decision: Decision) -> Journal:
     )
     journal.update(step=VALIDATE, data=journal.data)
     return journal
+
+
+def _live(model: str, cfg: drift.MonitorConfig, store: DataStore, now: dt.datetime) -> Any:
+    from ray_app.monitor.live import live_quality  # imported only where this trigger is on
+
+    return live_quality(model, cfg, store, now=now)
+
+
+def _checked(failed: list[str], what: str, check: Callable[..., T], *args: Any) -> T | None:
+    """`check(*args)`, or None with why it failed added to `failed`."""
+    try:
+        return check(*args)
+    except Exception as e:
+        logger.exception("retrain: the %s check failed", what)
+        failed.append(f"{what}: could not be judged: {type(e).__name__}: {e}"[:500])
+        return None
 
 
 def _tried(model: str, data_version: str, current: str) -> str | None:

@@ -36,13 +36,16 @@ def test_each_answered_row_is_logged_with_its_ids_sensitive_columns_and_answer(
 ):
     name = result.model_name
     good = sample_request(name)["instances"][0]
-    rows = [{**good, "customer_id": "C1", "gender": "female"}, {**good, "customer_id": "C2"}]
+    rows = [
+        {**good, "customer_id": "C000000001", "gender": "female"},
+        {**good, "customer_id": "C000000002"},
+    ]
     rid = f"log-{uuid.uuid4().hex}"
     answer = api.post(
         f"{service}/predict", json={"instances": rows}, headers={"X-Request-ID": rid}, timeout=30
     ).json()
     logged = sorted(_logged(name, {rid})[rid], key=lambda r: r["_row"])
-    assert [r["customer_id"] for r in logged] == ["C1", "C2"]
+    assert [r["customer_id"] for r in logged] == ["C000000001", "C000000002"]
     assert [r["gender"] for r in logged] == ["female", None]
     assert [r["_probability"] for r in logged] == [p["probability"] for p in answer["predictions"]]
     assert [r["_label"] for r in logged] == [str(p["label"]) for p in answer["predictions"]]

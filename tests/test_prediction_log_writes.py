@@ -7,12 +7,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from ray_app.data import synth
 from ray_app.data.contract import load_contract
 from ray_app.data.store import DataStore
-from ray_app.monitor.predictions import FOLDER, Answered, Flusher, PredictionLog, read
+from ray_app.monitor.predictions import (
+    FOLDER,
+    Answered,
+    Flusher,
+    PredictionLog,
+    read,
+    schema,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,3 +108,28 @@ def test_the_health_error_names_each_failing_log_until_it_writes(contract, rows,
         assert flusher.error is None and broken.written_rows == 1
     finally:
         flusher.stop()
+
+
+def test_a_column_a_newer_contract_added_reads_as_null_in_older_files(contract, rows, tmp_path):
+    """The drift monitor reads the served version's columns through its contract's log
+    schema; the log's oldest file would otherwise fix the columns, and asking for a newer
+    one fails."""
+    store = DataStore(str(tmp_path))
+    fields = contract.model_dump()
+    older = type(contract).model_validate(
+        {**fields, "columns": {k: v for k, v in fields["columns"].items() if k != "gender"}}
+    )
+    first = PredictionLog(store, "m", older, max_rows=100, flush_s=60)
+    first.add(_answered("old", {k: v for k, v in rows[0].items() if k != "gender"}))
+    first.flush()
+    time.sleep(0.01)  # a later file name
+    second = PredictionLog(store, "m", contract, max_rows=100, flush_s=60)
+    second.add(_answered("new", {**rows[1], "gender": "female"}))
+    second.flush()
+    with pytest.raises(pa.ArrowInvalid):
+        read(store, "m", columns=["_request_id", "gender"])
+    table = read(store, "m", columns=["_request_id", "gender"], schema=schema(contract))
+    assert sorted(table.to_pylist(), key=str) == [
+        {"_request_id": "new", "gender": "female"},
+        {"_request_id": "old", "gender": None},
+    ]

@@ -12,6 +12,8 @@ import uuid
 
 import mlflow
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import requests
 import yaml
@@ -402,3 +404,27 @@ def test_a_failed_retrain_does_not_keep_its_data_from_being_tried_again(ray_sess
     assert retrain._tried(model, "v1", current="now") is None
     ended(retrain.KEPT)
     assert retrain._tried(model, "v1", current="now").startswith(f"retrain {retrain.KEPT} (kept")
+
+
+def test_a_check_that_fails_is_said_and_does_not_stop_a_forced_retrain(
+    result, pipeline_yaml, tmp_path
+):
+    """A prediction log that cannot be read fails the live quality check; the decision says
+    so, and --force (or a due schedule) still starts the retrain."""
+    store = tmp_path / "store"
+    hour = store / "predictions" / f"model={result.model_name}" / "date=2026-01-01" / "hour=00"
+    hour.mkdir(parents=True)
+    version = f"{result.model_name}/{result.model_version}"  # a log whose times are not times
+    pq.write_table(pa.table({"_time": ["soon"], "_model_version": [version]}), hour / "p.parquet")
+    cfg = load_pipeline_config(pipeline_yaml)
+    moved = cfg.model_copy(update={"data": cfg.data.model_copy(update={"store": str(store)})})
+    moved_yaml = tmp_path / "pipeline.yaml"
+    moved_yaml.write_text(moved.model_dump_json())
+    config = _config(tmp_path, moved_yaml, 3600, triggers={"drift": True, "live_quality": True})
+
+    data = str(synth.write(tmp_path / "new.csv", 500, seed=71))
+    decision = retrain.decide(config, data=data, force=True)
+    assert decision.retrain and decision.reasons[0] == "forced (--force)", decision.reasons
+    failed = [r for r in decision.reasons if "could not be judged" in r]
+    assert [r.split(":")[0] for r in failed] == ["live quality"], decision.reasons
+    assert not retrain.decide(config, data=data).retrain  # nothing else calls for one

@@ -39,7 +39,7 @@ def _answered(service: str, api, contract, folder: Path) -> tuple[str, dict, lis
     """Three synth rows with customer ids through /predict under a fresh request id."""
     dates = [c for c in contract.input_columns if contract.columns[c].type == "date"]
     frame = pd.read_csv(synth.write(folder / "rows.csv", 3, seed=5), parse_dates=dates)
-    ids = [f"T-{uuid.uuid4().hex[:8]}" for _ in range(len(frame))]
+    ids = [f"C{uuid.uuid4().int % 10**9:09d}" for _ in range(len(frame))]  # the id pattern
     rows = [
         {**r, contract.id_column: i} for r, i in zip(to_records(frame, contract), ids, strict=True)
     ]

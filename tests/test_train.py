@@ -81,8 +81,14 @@ def test_a_ray_started_on_this_machine_trains_without_a_preemption_watcher(ray_s
     )
     result = _train(cfg, tmp_path, "unwatched", 500)
     assert result.booster.num_boosted_rounds() == 2
-    trainers = list_actors(filters=[("class_name", "=", "TrainController")], limit=10_000)
-    watchers = list_actors(filters=[("class_name", "=", "PreemptionWatcher")], limit=10_000)
+    # This session's cluster by its address: another test's cluster may have left its own
+    # address as the default one on this machine.
+    here = ray.get_runtime_context().gcs_address
+
+    def actors(name: str) -> list:
+        return list_actors(address=here, filters=[("class_name", "=", name)], limit=10_000)
+
+    trainers, watchers = actors("TrainController"), actors("PreemptionWatcher")
     assert trainers and not watchers, watchers
 
 

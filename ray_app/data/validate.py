@@ -116,17 +116,23 @@ def _hashes(values: pd.Series) -> bytes:
     return pd.util.hash_pandas_object(present, index=False).to_numpy(np.uint64).tobytes()
 
 
-def row_reasons(batch: pd.DataFrame, contract_json: str) -> tuple[pd.DataFrame, np.ndarray]:
+def row_reasons(
+    batch: pd.DataFrame, contract_json: str, unchecked: tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, np.ndarray]:
     """The typed batch and, per row, why it breaks the contract ("" for a good row). Only
     row-level rules count here; null-fraction tolerances, uniqueness and row counts are
-    properties of the whole dataset. The text is built only for the rows that break a rule."""
+    properties of the whole dataset. The text is built only for the rows that break a rule.
+    The `unchecked` columns are typed but judged by no rule (batch scoring's label)."""
     contract = _contract(contract_json)
     typed, failures = coerce(batch, contract)
     broken = [
         (typed.index.isin(bad.index), f"{column}: not a valid {contract.columns[column].type}")
         for column, bad in failures.items()
+        if column not in unchecked
     ]
     for check in contract.checks():
+        if check.key[1] in unchecked:
+            continue
         if check.max_fraction == 0.0 and (mask := rules.broken(typed, check)).any():
             broken.append((mask, f"{check.key[0]}({check.key[1]})"))
     reasons = np.full(len(typed), "", dtype=object)

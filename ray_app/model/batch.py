@@ -82,8 +82,9 @@ def scoring_contract(contract: Contract, source: Source) -> Contract:
     """The contract a table to score is checked by: everything the model reads, and the id,
     must be there and valid. Any other column (the label, sensitive or slice columns) may be
     absent or null, whatever its null tolerance in training data, and the label's values are
-    not checked at all: a row is never set aside for a column the model does not read, except
-    a sensitive value outside its set, which serving refuses too."""
+    not checked at all (`row_reasons(..., unchecked=(label,))`): a row is never set aside for
+    a column the model does not read, except a sensitive value outside its set, which serving
+    refuses too."""
     required = [*contract.input_columns, *([contract.id_column] if contract.id_column else [])]
     missing = [c for c in required if c not in source.columns]
     if missing:
@@ -91,17 +92,10 @@ def scoring_contract(contract: Contract, source: Source) -> Contract:
             f"{source.path}: missing columns {missing} that model {contract.name!r} needs "
             f"(found {source.columns})"
         )
-    unchecked = {"allowed": None, "min": None, "max": None}
     relaxed = {
         name: spec
         if name in required
-        else spec.model_copy(
-            update={
-                "nullable": True,
-                "max_null_fraction": None,
-                **(unchecked if name == contract.label_column else {}),
-            }
-        )
+        else spec.model_copy(update={"nullable": True, "max_null_fraction": None})
         for name, spec in contract.columns.items()
     }
     return contract.model_copy(update={"columns": relaxed})
@@ -115,12 +109,13 @@ class _Score:
     def __init__(self, scorer: Scorer, contract_json: str, data_version: str):
         self.scorer, self.contract_json = scorer, contract_json
         self.contract = Contract.model_validate_json(contract_json)
+        self.unchecked = (self.contract.label_column,)  # the model never reads it
         self.versions = f"{scorer.model.name}/{scorer.model.version}", data_version
         self.schema = output_schema(self.contract, scorer).append(pa.field(STATUS, pa.string()))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         checked = _as_contract(as_frame(batch), self.contract)
-        typed, reasons = row_reasons(checked, self.contract_json)
+        typed, reasons = row_reasons(checked, self.contract_json, self.unchecked)
         good = reasons == ""
         proba = np.full(len(typed), np.nan)
         if good.any():  # the usual batch, all good, is scored without a copy
@@ -168,8 +163,9 @@ def _quarantined(batch: pa.Table, contract_json: str) -> pa.Table:
     """The batch's rows that break the contract, as read (only the columns the table has),
     with the reason; checked as the scoring pass checked them."""
     frame = as_frame(batch)
-    checked = _as_contract(frame, Contract.model_validate_json(contract_json))
-    reasons = row_reasons(checked, contract_json)[1]
+    contract = Contract.model_validate_json(contract_json)
+    checked = _as_contract(frame, contract)
+    reasons = row_reasons(checked, contract_json, (contract.label_column,))[1]
     bad = reasons != ""
     return held(frame[bad], reasons[bad])
 

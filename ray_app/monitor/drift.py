@@ -36,6 +36,7 @@ from ray_app.model.loaded import LoadedModel
 from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.scoring import Scorer
+from ray_app.monitor import predictions
 from ray_app.monitor.predictions import read
 
 EXPERIMENT = "ray_app-monitor"
@@ -205,7 +206,8 @@ def run(
     served = f"{model.name}/{model.version}"
     numeric, categorical = _features(model.contract, model)
     columns = [*numeric, *categorical, PROBABILITY]
-    log = read(store, model_name, since, now, columns, version=served).to_pandas()
+    logged = predictions.schema(model.contract)  # files from before a column was added: nulls
+    log = read(store, model_name, since, now, columns, served, logged).to_pandas()
     summary = DriftSummary(
         model_name, str(model.version), since.isoformat(), now.isoformat(), len(log), 0, ""
     )

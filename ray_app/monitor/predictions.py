@@ -257,13 +257,16 @@ def read(
     until: dt.datetime | None = None,
     columns: list[str] | None = None,
     version: str | None = None,
+    schema: pa.Schema | None = None,
 ) -> pa.Table:
     """A model's logged predictions, in [since, until] and of one `version` ("name/N") when
     given, only `columns` when given. Partitions before `since` are never opened, and no
     file's Parquet footer is kept once read: the log has a file per flush (3,600 an hour at
     `flush_s` 1), whose cached footers would outweigh the rows (bench/RESULTS.md,
     monitor_drift). A file that is not whole (written by a replica killed before the rename
-    that finishes every write) is skipped."""
+    that finishes every write) is skipped. `schema` (a version's `schema(contract)`) reads a
+    file written before its contract added a column as nulls there; without it the columns
+    are those of the oldest file, and asking for a newer one fails."""
     where = store.path(FOLDER, f"model={model}")
     if store.fs.get_file_info(where).type == pafs.FileType.NotFound:
         return _empty(columns)
@@ -277,10 +280,12 @@ def read(
         wanted &= pads.field("_time") <= pa.scalar(until, _STAMP)
     if version is not None:
         wanted &= pads.field("_model_version") == version
+    whole = None if schema is None else pa.unify_schemas([schema, PARTITIONS.schema])
 
     def scan(checked: bool) -> pa.Table:
         data = pads.dataset(
             where,
+            schema=whole,
             filesystem=store.fs,
             format="parquet",
             partitioning=PARTITIONS,
