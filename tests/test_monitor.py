@@ -82,3 +82,22 @@ def test_monitor_command_says_when_there_are_too_few_rows(result, tmp_path):
     )
     assert out.exit_code == 0, out.output
     assert "too few rows" in out.output
+
+
+def test_a_check_replaces_the_drift_gauges_it_exports(ray_session):
+    """A version promoted away, or a window too thin to judge, stops being exported: a stale
+    drift of 1 would keep its alert firing for ever."""
+    from ray_app.monitor import gauges
+    from ray_app.monitor.drift import DriftSummary
+
+    def check(version: str, verdict: str) -> set[tuple[str, str]]:
+        gauges.drift(DriftSummary("gauged", version, "", "", 500, 500, verdict, drifted_share=0.5))
+        return {
+            (name, dict(tags)["version"])
+            for name, tags in gauges._last
+            if ("model", "gauged") in tags and name in gauges.DRIFT
+        }
+
+    assert ("rayapp_drift", "1") in check("1", "drift")
+    assert {version for _, version in check("2", "no drift")} == {"2"}
+    assert check("2", "too few rows") == set()

@@ -43,6 +43,18 @@ def _set(name: str, value: float | None, **tags: str) -> None:
         _gauge(name).set(float(value), tags=tags)
 
 
+def _forget(names: tuple[str, ...], model: str) -> None:
+    """Stop refreshing these gauges of a model: a check replaces them whole, so a version
+    promoted away, or a verdict no longer given, stops being exported (Ray drops it ~20 s
+    later) instead of firing an alert for ever."""
+    for key in [k for k in _last if k[0] in names and ("model", model) in k[1]]:
+        del _last[key]
+
+
+DRIFT = ("rayapp_drift", "rayapp_drift_share", "rayapp_prediction_shift")
+LIVE = ("rayapp_live_roc_auc", "rayapp_live_f1", "rayapp_live_breaches")
+
+
 def refresh() -> None:
     """Set every last value again, so none expires between checks."""
     if ray.is_initialized():
@@ -51,8 +63,12 @@ def refresh() -> None:
 
 
 def drift(summary: Any) -> None:
-    """A `monitor.drift.DriftSummary` with a verdict (too few rows sets nothing)."""
-    if not ray.is_initialized() or summary.verdict not in ("drift", "no drift"):
+    """A `monitor.drift.DriftSummary`: the served version's verdict; too few rows to judge
+    exports none."""
+    if not ray.is_initialized():
+        return
+    _forget(DRIFT, summary.model)
+    if summary.verdict not in ("drift", "no drift"):
         return
     tags = {"model": summary.model, "version": str(summary.version)}
     _set("rayapp_drift", float(summary.drifted), **tags)
@@ -64,6 +80,7 @@ def live(report: Any) -> None:
     """A `monitor.live.LiveReport`: each version's latest judged bucket of labelled traffic."""
     if not ray.is_initialized():
         return
+    _forget(LIVE, report.model)
     for judged in report.versions:
         tags = {"model": report.model, "version": judged.version.rpartition("/")[2]}
         buckets = [b for b in judged.buckets if b.roc_auc is not None] or [judged.window]

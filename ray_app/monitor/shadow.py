@@ -51,7 +51,11 @@ def write(store: DataStore, route: str, rows: list[dict[str, Any]]) -> None:
     store.fs.create_dir(folder, recursive=True)
     name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
     table = pa.Table.from_pylist(rows, schema=SCHEMA)  # typed even when a batch is all errors
-    pq.write_table(table, posixpath.join(folder, name), filesystem=store.fs)
+    # Under a hidden name, then renamed, as the prediction log is written: readers skip names
+    # starting with a dot, so a replica killed mid-write leaves no half file they would read.
+    hidden = posixpath.join(folder, f".{name}")
+    pq.write_table(table, hidden, filesystem=store.fs)
+    store.fs.move(hidden, posixpath.join(folder, name))
 
 
 def report(store: DataStore, route: str, since: float | None = None) -> dict[str, Any]:
