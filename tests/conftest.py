@@ -6,7 +6,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -17,6 +21,42 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789abcdef"  # the service's key in tests (RAYAPP_API_KEYS)
 OTHER_KEY = "other-key-0123456789abcdef"
+
+
+def run_own_cluster_script(
+    script: str, args: list[str], workdir: Path, timeout_s: float
+) -> subprocess.CompletedProcess:
+    """`python script *args` in its own process (the session already holds a local Ray), for a
+    test that starts its own `ray.cluster_utils.Cluster`: with its own Ray temp folder, state
+    under `workdir`, and its own process session, so that on a timeout the driver and every
+    process of its cluster go at once. Returns the process with its output."""
+    ray_tmp = tempfile.mkdtemp(prefix="rc")  # short: Ray's socket paths are limited
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "RAY_TMPDIR": ray_tmp,
+        "RAYAPP_HOME": str(workdir / "home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+    }
+    try:
+        with subprocess.Popen(
+            [sys.executable, script, *args],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        ) as driver:
+            try:
+                log, _ = driver.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(driver.pid, signal.SIGKILL)
+                log, _ = driver.communicate()
+                pytest.fail(f"{Path(script).name} took over {timeout_s}s:\n{log[-5000:]}")
+        return subprocess.CompletedProcess(driver.args, driver.returncode, log)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -13,18 +13,15 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import API_KEY, HAPROXY_LOG, wait_healthy
+from conftest import API_KEY, HAPROXY_LOG, run_own_cluster_script, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
@@ -176,35 +173,10 @@ def test_training_resumes_from_its_checkpoint_when_its_node_is_lost(tmp_path):
     from ray_app.train import MODEL_ROUNDS, RESUMED_FROM
 
     out = tmp_path / "node_loss.json"
-    ray_tmp = tempfile.mkdtemp(prefix="rf")  # short: Ray's socket paths are limited
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "RAY_TMPDIR": ray_tmp,
-        "RAYAPP_HOME": str(tmp_path / "home"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }
-    args = [sys.executable, __file__, "node-loss", str(tmp_path), str(out)]
-    # Its own session: on a timeout, the driver and every process of its cluster go at once.
-    with (
-        contextlib.ExitStack() as cleanup,
-        subprocess.Popen(
-            args,
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        ) as driver,
-    ):
-        cleanup.callback(shutil.rmtree, ray_tmp, ignore_errors=True)
-        try:
-            log, _ = driver.communicate(timeout=DRIVER_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(driver.pid, signal.SIGKILL)
-            log, _ = driver.communicate()
-            pytest.fail(f"the node-loss run took over {DRIVER_TIMEOUT_S}s:\n{log[-5000:]}")
+    driver = run_own_cluster_script(
+        __file__, ["node-loss", str(tmp_path), str(out)], tmp_path, DRIVER_TIMEOUT_S
+    )
+    log = driver.stdout
     assert driver.returncode == 0, log[-8000:]
     print(log)  # shown with -s: each step's seconds
     seen = json.loads(out.read_text())

@@ -10,17 +10,12 @@ a local Ray), and this file is that process's script too:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import run_own_cluster_script
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER_TIMEOUT_S = 420
@@ -69,35 +64,10 @@ def run(workdir: Path) -> dict:
 
 def test_the_pipeline_and_batch_scoring_run_from_a_head_without_task_cpus(tmp_path):
     out = tmp_path / "zero_cpu_head.json"
-    ray_tmp = tempfile.mkdtemp(prefix="rz")  # short: Ray's socket paths are limited
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "RAY_TMPDIR": ray_tmp,
-        "RAYAPP_HOME": str(tmp_path / "home"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }
-    args = [sys.executable, __file__, "run", str(tmp_path), str(out)]
-    # Its own session: on a timeout, the driver and every process of its cluster go at once.
-    with (
-        contextlib.ExitStack() as cleanup,
-        subprocess.Popen(
-            args,
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        ) as driver,
-    ):
-        cleanup.callback(shutil.rmtree, ray_tmp, ignore_errors=True)
-        try:
-            log, _ = driver.communicate(timeout=DRIVER_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(driver.pid, signal.SIGKILL)
-            log, _ = driver.communicate()
-            pytest.fail(f"the run took over {DRIVER_TIMEOUT_S}s:\n{log[-5000:]}")
+    driver = run_own_cluster_script(
+        __file__, ["run", str(tmp_path), str(out)], tmp_path, DRIVER_TIMEOUT_S
+    )
+    log = driver.stdout
     assert driver.returncode == 0, log[-8000:]
     seen = json.loads(out.read_text())
     assert seen["promoted"], seen
