@@ -236,8 +236,8 @@ def _score(
             ).write_parquet(
                 on_this_node(staging), partition_cols=[STATUS], ray_remote_args=pinned_args()
             )
-        scored, held = (staging / f"{STATUS}={status}" for status in (SCORED, QUARANTINED))
-        quarantined = _rows(held)
+        scored, set_aside = (staging / f"{STATUS}={status}" for status in (SCORED, QUARANTINED))
+        quarantined = _rows(set_aside)
         if quarantined:  # rare: read again, keeping the bad rows as read, rather than every row
             bad = read_raw(source, contract).map_batches(
                 _quarantined,

@@ -69,7 +69,7 @@ def request_models(
     for i, name in enumerate(contract.passthrough_columns):  # optional, never fed to the model
         spec = contract.columns[name].model_copy(update={"nullable": True})
         fields[f"p{i}"] = _field(name, spec)
-    keys = {alias_of(f): key for key, f in fields.items()}
+    keys = {spec.alias: key for key, (_, spec) in fields.items()}  # column -> field name
     rules = [r for r in contract.rules if r.column in keys and r.other in keys]
     instance = create_model(
         "Instance",
@@ -85,10 +85,6 @@ def request_models(
         instances=(list[instance], Field(..., min_length=1, max_length=max_instances)),
     )
     return instance, request
-
-
-def alias_of(field: tuple[Any, Any]) -> str:
-    return field[1].alias
 
 
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
