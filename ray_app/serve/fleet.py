@@ -169,10 +169,14 @@ class Fleet:
 
     def _build(self, name: str) -> LiveRoute:
         config = self.route_config(name)
-        scorers, held, versions, unloaded = {}, {}, self._resolve(config), set()
+        scorers, held, unloaded, why = {}, {}, set(), "gone"
+        try:
+            versions = self._resolve(config)
+        except Exception as e:  # an unreachable registry: held back, the primary falls back
+            versions, why = {}, f"{type(e).__name__}: {e}"
         for variant in config.variants:
             if variant.name not in versions:
-                held[variant.name] = f"cannot resolve {variant.model}: gone"
+                held[variant.name] = f"cannot resolve {variant.model}: {why}"
                 continue
             try:
                 model = self._load(versions[variant.name])
@@ -191,7 +195,7 @@ class Fleet:
         if config.shadow is not None:  # scored in its own deployment, which loads it
             shadow = versions.get(config.shadow.name)
             if shadow is None:
-                held[config.shadow.name] = f"cannot resolve {config.shadow.model}: gone"
+                held[config.shadow.name] = f"cannot resolve {config.shadow.model}: {why}"
         for variant, reason in held.items():
             logger.error("route %s, variant %s: %s", name, variant, reason)
         primary = config.primary.name
