@@ -94,3 +94,20 @@ def test_missing_value_markers_are_flagged_read_as_missing_and_validate(ray_sess
     source = inspect_source(data, contract)
     report = validate(read_raw(source, contract), contract, source, 1_000)
     assert report.success, report.failures
+
+
+def test_identifiers_in_digits_are_drafted_as_text(tmp_path):
+    """A numeric column named like an id with every value distinct would be drafted as an
+    integer feature, which a model learns from; one past 2^53 would be parsed as rounded
+    floats. Both are drafted as text: the first becomes the id, the second another column."""
+    data = synth.write(tmp_path / "churn.parquet", 500, seed=5)
+    frame = pd.read_parquet(data).drop(columns="customer_id")
+    frame.insert(0, "customerID", range(1001, 1501))
+    frame["ref"] = [2**60 + i % 40 for i in range(500)]  # repeats: not unique
+    frame["age_id"] = frame["age"]  # named like an id but not distinct: a number still
+    frame.to_parquet(data)
+    contract = _draft(data, "churned", tmp_path / "contract.yaml")
+    assert contract.id_column == "customerID"
+    assert contract.columns["customerID"].type == "string"
+    assert contract.columns["ref"].type == "string"
+    assert contract.columns["age_id"].type == "integer"

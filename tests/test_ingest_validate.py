@@ -204,3 +204,40 @@ def test_an_arrow_batch_keeps_the_digits_of_integer_columns_with_nulls():
     assert typed["account"].tolist() == ["1001", None, "1003"]
     assert typed["senior"].tolist() == ["0", "1", None]
     assert reasons[0] == reasons[2] == "" and "account" in reasons[1]
+
+
+def test_integers_float64_cannot_hold_are_refused_not_rounded(ray_session, tmp_path):
+    """Integers are parsed as float64, which rounds past 2^53: 64-bit ids would be stored,
+    scored and checked for uniqueness as other numbers (two neighbours as duplicates). They
+    fail to parse instead, named with the limit, from text and from Parquet integers alike."""
+    contract = Contract.model_validate(
+        {
+            "name": "big_ids",
+            "columns": {
+                "account": {"type": "integer", "nullable": False, "unique": True, "roles": ["id"]},
+                "spend": {"type": "float", "nullable": False, "roles": ["feature"]},
+                "churned": {
+                    "type": "category",
+                    "allowed": ["0", "1"],
+                    "roles": ["label"],
+                    "positive": "1",
+                },
+            },
+        }
+    )
+    limit = 2**53 - 1
+    ids = [limit, -limit, limit + 1, limit + 2, 2**63 - 1]
+    table = pa.table({"account": ids, "spend": [1.0] * 5, "churned": ["0", "1"] * 2 + ["0"]})
+    for frame in (as_frame(table), table.to_pandas().astype(str).astype(object)):
+        typed, reasons = row_reasons(frame, contract.model_dump_json())
+        assert typed["account"][:2].tolist() == [limit, -limit]  # exact
+        assert list(reasons[:2]) == ["", ""]
+        reason = "account: not a valid integer (whole, within ±9,007,199,254,740,991)"
+        assert all(r.startswith(reason) for r in reasons[2:]), reasons
+    pq.write_table(table, tmp_path / "big.parquet")
+    source, report = _validate(tmp_path / "big.parquet", contract)
+    failed = {f.expectation: f for f in report.failures}
+    assert "expect_column_values_to_be_unique" not in failed  # not rounded into neighbours
+    failure = failed["expect_column_values_to_parse_as_integer"]
+    assert failure.bad_rows == 3 and str(limit + 2) in failure.examples
+    assert "give larger identifiers type string" in str(failure)

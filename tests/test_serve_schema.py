@@ -69,3 +69,19 @@ def test_today_is_the_day_of_the_request_not_of_the_replica_start(request_model,
         request_model.model_validate({"instances": [late]})
     monkeypatch.setattr(schema, "today", lambda: tomorrow)  # the clock after midnight
     request_model.model_validate({"instances": [late]})  # yesterday's model, today's rule
+
+
+def test_an_integer_without_bounds_is_held_to_what_files_may_hold(contract):
+    """An integer column with no `max` still refuses what a file's check refuses (past 2^53,
+    `ingest.MAX_SAFE_INTEGER`), rather than scoring a value training never could have seen."""
+    total = contract.columns["total_purchases"].model_copy(update={"min": None, "max": None})
+    unbounded = contract.model_copy(
+        update={"columns": {**contract.columns, "total_purchases": total}}
+    )
+    request_model = request_models(unbounded)[1]
+    schema = request_model.model_json_schema()["$defs"]["Instance"]["properties"]
+    assert schema["total_purchases"]["maximum"] == 2**53 - 1
+    request_model.model_validate({"instances": [{**GOOD, "total_purchases": 2**53 - 1}]})
+    for value in (2**53, -(2**53), 2**64):
+        with pytest.raises(ValidationError, match="total_purchases"):
+            request_model.model_validate({"instances": [{**GOOD, "total_purchases": value}]})

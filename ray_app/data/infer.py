@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
 
-from ray_app.data.ingest import NULL_TOKENS, csv_header, csv_options
+from ray_app.data.ingest import (
+    MAX_SAFE_INTEGER,
+    NULL_TOKENS,
+    as_frame,
+    csv_header,
+    csv_options,
+)
 
 MAX_CATEGORIES = 25
 # Text that usually means "no value" (compared trimmed and lower-cased); what is not already
@@ -29,13 +36,14 @@ MISSING_MARKERS = frozenset(
     {"", "?", "??", "-", "--", "---", ".", "na", "n/a", "n.a.", "#n/a", "null", "none", "nil"}
     | {"nan", "missing", "(null)", "(blank)", "(missing)", "undefined"}
 )
+ID_NAME = re.compile(r"(?i:id|.*[_\- ]id)|.*[a-z0-9](?:Id|ID)")  # id, user_id, customerID
 SENSITIVE_NAMES = {"gender", "sex", "race", "ethnicity", "religion", "seniorcitizen", "nationality"}
 
 
 def _sample(path: Path, rows: int) -> pd.DataFrame:
     if path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
         table = pq.ParquetDataset(path).read()
-        return table.slice(0, rows).to_pandas().astype("string")
+        return as_frame(table.slice(0, rows)).astype("string")  # ints with nulls stay ints
     reader = pacsv.open_csv(path, **csv_options(csv_header(path)))
     table = reader.read_next_batch().to_pandas()
     while len(table) < rows:
@@ -79,7 +87,14 @@ def _column(values: pd.Series, rows: int) -> tuple[dict[str, Any], list[str]]:
     numbers = pd.to_numeric(present, errors="coerce")
     dates = pd.to_datetime(present, errors="coerce", format="ISO8601")
     distinct = present.unique()
-    if len(present) and numbers.notna().all() and len(distinct) > 2:
+    numeric = bool(len(present)) and numbers.notna().all() and len(distinct) > 2
+    # An identifier is text whatever its digits: numbers named like one and all distinct (as a
+    # feature, a model would learn from it), or too large for a float64 to hold exactly.
+    identifier = numeric and (
+        numbers.abs().max() > MAX_SAFE_INTEGER
+        or (ID_NAME.fullmatch(str(values.name)) is not None and len(distinct) == rows)
+    )
+    if numeric and not identifier:
         integral = (numbers == numbers.round()).all()
         spec["type"] = "integer" if integral else "float"
         # Head-room beyond what the sample showed: half the observed span each way, and a
@@ -90,7 +105,7 @@ def _column(values: pd.Series, rows: int) -> tuple[dict[str, Any], list[str]]:
         spec["max"] = math.ceil(high + margin)
     elif len(present) and dates.notna().all() and not numbers.notna().all():
         spec.update(type="date", min=str(dates.min().date()), max="today")
-    elif len(distinct) <= MAX_CATEGORIES:
+    elif len(distinct) <= MAX_CATEGORIES and not identifier:
         spec.update(type="category", allowed=sorted(str(v) for v in distinct))
     else:
         spec["type"] = "string"

@@ -44,6 +44,10 @@ ARROW_TYPES = {
     "date": pa.timestamp("ns"),
     "boolean": pa.bool_(),
 }
+# Integers are parsed as float64 (NaN for a null), which holds every whole number up to 2^53
+# exactly and rounds beyond: a larger value (a 64-bit id) is refused as not an integer, never
+# silently changed. Identifiers that large belong in a `string` column.
+MAX_SAFE_INTEGER = 2**53 - 1
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
@@ -339,7 +343,7 @@ def _parse(raw: pd.Series, kind: str) -> pd.Series:
         values = pd.to_numeric(raw, errors="coerce").astype("float64")
         finite = np.isfinite(values)  # infinity is a value no model or range check can use
         if kind == "integer":
-            finite &= values == np.round(values)
+            finite &= _whole(values)
         return values.where(finite)
     if kind == "date":  # text trimmed, as every other kind is (to_numeric trims by itself)
         text = raw.str.strip() if pd.api.types.is_string_dtype(raw) else raw
@@ -350,6 +354,11 @@ def _parse(raw: pd.Series, kind: str) -> pd.Series:
     if kind == "boolean":
         return raw.astype("string").str.strip().str.lower().map(_BOOLEANS)
     return raw.astype("string").str.strip().astype(object)
+
+
+def _whole(numbers: np.ndarray | pd.Series) -> np.ndarray | pd.Series:
+    """Which parsed numbers are integers float64 holds exactly (`MAX_SAFE_INTEGER`)."""
+    return (numbers == np.round(numbers)) & (np.abs(numbers) <= MAX_SAFE_INTEGER)
 
 
 def _trimmed(raw: pd.Series) -> pa.Array | None:
@@ -391,7 +400,7 @@ def _coerce_text(
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(numbers)  # infinity is a value no model or range check can use
         if spec.type == "integer":
-            valid &= numbers == np.round(numbers)
+            valid &= _whole(numbers)
     bad = ~blank.to_numpy(zero_copy_only=False) & ~valid
     return pd.Series(np.where(valid, numbers, np.nan), index=raw.index), bad
 

@@ -23,7 +23,15 @@ import ray.exceptions
 
 from ray_app.data import profile, rules
 from ray_app.data.contract import Contract
-from ray_app.data.ingest import DataError, Source, coerce, read_problem, reading, unreadable
+from ray_app.data.ingest import (
+    MAX_SAFE_INTEGER,
+    DataError,
+    Source,
+    coerce,
+    read_problem,
+    reading,
+    unreadable,
+)
 
 MAX_EXAMPLES = 5
 ROW_COUNT = "row_count"
@@ -33,6 +41,11 @@ VALUES = "value_counts"
 PRESENCE = "expect_column_distinct_values_to_contain_set"
 DATA_ERROR = "data_error"  # a batch whose text could not be decoded or parsed
 TASK_ERROR = "task_error"  # a batch that failed for any other reason: not the data's fault
+# What a value that does not parse may have got wrong, where the type's name does not say.
+PARSE_HINTS = {
+    "expect_column_values_to_parse_as_integer": f" (an integer is whole and within "
+    f"±{MAX_SAFE_INTEGER:,}, what a float64 holds exactly; give larger identifiers type string)"
+}
 BOOKKEEPING = (ROW_COUNT, UNIQUE, PROFILE, VALUES, DATA_ERROR, TASK_ERROR)
 
 
@@ -62,7 +75,8 @@ class Failure:
         shown = f", e.g. {self.examples}" if self.examples else ""
         allowed = f" (at most {self.allowed_rows} allowed)" if self.allowed_rows else ""
         where = f" on column {self.column!r}" if self.column else ""
-        return f"{self.expectation}{where}: {self.bad_rows} bad rows{allowed}{shown}"
+        hint = PARSE_HINTS.get(self.expectation, "")
+        return f"{self.expectation}{where}: {self.bad_rows} bad rows{allowed}{shown}{hint}"
 
 
 @dataclass
@@ -126,7 +140,7 @@ def row_reasons(
     contract = _contract(contract_json)
     typed, failures = coerce(batch, contract)
     broken = [
-        (typed.index.isin(bad.index), f"{column}: not a valid {contract.columns[column].type}")
+        (typed.index.isin(bad.index), f"{column}: not a valid {_kind(contract, column)}")
         for column, bad in failures.items()
         if column not in unchecked
     ]
@@ -140,6 +154,12 @@ def row_reasons(
         for row in np.flatnonzero(np.logical_or.reduce([mask for mask, _ in broken])):
             reasons[row] = "; ".join(text for mask, text in broken if mask[row])
     return typed, reasons
+
+
+def _kind(contract: Contract, column: str) -> str:
+    """A column's type as a reason names it, with the limit a value can break unseen."""
+    kind = contract.columns[column].type
+    return f"{kind} (whole, within ±{MAX_SAFE_INTEGER:,})" if kind == "integer" else kind
 
 
 @lru_cache(maxsize=4)

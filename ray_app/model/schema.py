@@ -17,6 +17,7 @@ import pandas as pd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from ray_app.data.contract import ColumnSpec, Contract, Rule
+from ray_app.data.ingest import MAX_SAFE_INTEGER
 from ray_app.features import FeatureSet
 
 MAX_INSTANCES = 10_000  # rows per request unless the application's args say otherwise
@@ -47,6 +48,10 @@ def _field(name: str, spec: ColumnSpec) -> tuple[Any, Any]:
         bounds = {"ge": spec.min, "le": None if spec.max == "today" else spec.max}
     if spec.type == "float":
         bounds["allow_inf_nan"] = False
+    if spec.type == "integer":  # what files may hold too (`ingest.MAX_SAFE_INTEGER`)
+        low, high = bounds["ge"], bounds["le"]
+        bounds["ge"] = -MAX_SAFE_INTEGER if low is None else max(low, -MAX_SAFE_INTEGER)
+        bounds["le"] = MAX_SAFE_INTEGER if high is None else min(high, MAX_SAFE_INTEGER)
     if spec.max == "today":
         kind = Annotated[kind, AfterValidator(_not_after_today)]
         bounds["description"] = "no later than today"
