@@ -29,6 +29,17 @@ def test_a_good_request_parses(request_model):
     assert parsed.instances[0].model_dump(by_alias=True)["plan"] == "basic"
 
 
+def test_a_number_sent_for_a_text_column_is_its_text(contract):
+    """An id in digits is text in the contract (`contract infer` drafts it so); a client that
+    sends it as a JSON number gets it read as a file's would be, not a 422."""
+    ids = contract.columns["customer_id"].model_copy(update={"pattern": r"^\d+$"})
+    digits = contract.model_copy(update={"columns": {**contract.columns, "customer_id": ids}})
+    parsed = request_models(digits)[1].model_validate(
+        {"instances": [{**GOOD, "customer_id": 1001}]}
+    )
+    assert parsed.instances[0].model_dump(by_alias=True)["customer_id"] == "1001"
+
+
 @pytest.mark.parametrize(
     "instances, field",
     [

@@ -79,8 +79,14 @@ def request_models(
     instance = create_model(
         "Instance",
         # Python's `re`, as the contract's checks of files use (GX's pandas engine, batch
-        # scoring): a pattern means the same thing in a file and in a request.
-        __config__=ConfigDict(extra="forbid", populate_by_name=False, regex_engine="python-re"),
+        # scoring): a pattern means the same thing in a file and in a request. A number sent
+        # for a text column (an id in digits) is its text, as a file's would be.
+        __config__=ConfigDict(
+            extra="forbid",
+            populate_by_name=False,
+            regex_engine="python-re",
+            coerce_numbers_to_str=True,
+        ),
         __validators__={"_rules": model_validator(mode="after")(_rules_check(rules, keys))},
         **fields,
     )
