@@ -37,13 +37,20 @@ from mlflow.tracking import MlflowClient
 from pydantic import Field, field_validator
 
 from ray_app import pipeline, registry, tracking
-from ray_app.config import Strict, load_pipeline_config, load_search_config, load_yaml, rayapp_home
+from ray_app.config import (
+    PipelineConfig,
+    Strict,
+    load_pipeline_config,
+    load_search_config,
+    load_yaml,
+    rayapp_home,
+)
 from ray_app.data.contract import load_contract
 from ray_app.data.snapshot import find_snapshot
 from ray_app.data.sources import resolve_snapshot
 from ray_app.data.store import DataStore, open_store
-from ray_app.evaluate.gate import load_gates
-from ray_app.evaluate.job import run_gate
+from ray_app.evaluate.gate import Gates, load_gates
+from ray_app.evaluate.job import GateReport, run_gate
 from ray_app.journal import Busy, hold, load_entry, save_entry
 from ray_app.model.ref import ModelRef
 from ray_app.monitor import drift, gauges
@@ -137,6 +144,7 @@ class Journal:
     candidate: str = ""
     gate_passed: bool | None = None
     gate_reasons: list[str] = field(default_factory=list)
+    gated_against: str | None = None  # the production version the gate judged it against
     rollout_id: str = ""
     outcome: str = ""
     reason: str = ""
@@ -438,29 +446,49 @@ def _run_steps(cfg: RetrainConfig, journal: Journal, step: Steps) -> None:
                     log=step.log,
                 )
                 journal.update(candidate=found.model_version, step=GATE)
-            judged = ModelRef(journal.model, version=journal.candidate)
-            report, _ = run_gate(pcfg, judged, gates, confirm)
-            passed, reasons = report.passed, report.failures()
+            _gate(pcfg, gates, journal, confirm)
         else:
+            against = registry.aliased_version(journal.model)
             result = pipeline.train_and_gate(pcfg, contract, snap, gates, step, confirm)
             journal.update(candidate=result.model_version)
-            passed, reasons = result.promoted, result.gate_reasons
-        journal.update(gate_passed=passed, gate_reasons=reasons, step=ROLLOUT)
+            _judged(journal, result.promoted, result.gate_reasons, against)
     candidate = f"{journal.model}/{journal.candidate}"
+    # Killed after the gate and resumed once production had moved (a rollback, another
+    # promotion): a canary now would replace a version the candidate never beat.
+    now = registry.aliased_version(journal.model)
+    if journal.gate_passed and not (direct or journal.rollout_id) and now != journal.gated_against:
+        step(f"[retrain] production moved to v{now} since the gate passed {candidate}: gate again")
+        _gate(pcfg, gates, journal, confirm)
     if not journal.gate_passed:
         why = (
-            f"{candidate} failed the gate against production v{journal.production} on data "
+            f"{candidate} failed the gate against production v{journal.gated_against} on data "
             f"version {journal.data_version}: " + "; ".join(journal.gate_reasons)
         )
         return _end(journal, KEPT, why, cfg)
     if direct:
-        now = registry.aliased_version(journal.model)
         if now == journal.candidate:
             return _end(
                 journal, PROMOTED, f"the gate moved production {journal.production} -> {now}", cfg
             )
         return _end(journal, KEPT, f"the gate passed {candidate} but production is v{now}", cfg)
     _canary(cfg, journal, candidate, step)
+
+
+def _gate(
+    pcfg: PipelineConfig,
+    gates: Gates,
+    journal: Journal,
+    confirm: Callable[[GateReport], bool] | None,
+) -> None:
+    """Judge the journal's registered candidate against production as it is now."""
+    against = registry.aliased_version(journal.model)
+    judged = ModelRef(journal.model, version=journal.candidate)
+    report, _ = run_gate(pcfg, judged, gates, confirm)
+    _judged(journal, report.passed, report.failures(), against)
+
+
+def _judged(journal: Journal, passed: bool, reasons: list[str], against: str | None) -> None:
+    journal.update(gate_passed=passed, gate_reasons=reasons, gated_against=against, step=ROLLOUT)
 
 
 def _canary(cfg: RetrainConfig, journal: Journal, candidate: str, step: Steps) -> None:

@@ -3,6 +3,7 @@ and a retrain runs only when drift calls for it; its candidate reaches productio
 the gate on the new data and a canary the router promotes. A retrain killed half-way resumes
 from its last finished step; one retrain per model at a time."""
 
+import dataclasses
 import datetime as dt
 import subprocess
 import sys
@@ -196,6 +197,23 @@ def test_drift_with_a_worse_candidate_keeps_production_and_says_why(
     assert tags["candidate"] == journal.candidate and tags["gate_passed"] == "False"
     history = CliRunner().invoke(cli, ["history", "--model", result.model_name])
     assert "retrain-kept" in history.output
+
+    # Killed just after a gate passed, resumed once production had moved (here: a gate of a
+    # journal from before `gated_against` was kept): the candidate is judged again against
+    # production as it is now, and no canary starts for a version it never beat.
+    passed = dataclasses.replace(
+        journal, step=retrain.ROLLOUT, gate_passed=True, gate_reasons=[], gated_against=None
+    )
+    dataclasses.replace(passed, outcome="", reason="", finished="").save()
+    resumed = retrain.decide(config, now=now)
+    assert resumed.retrain and resumed.resume.id == stopped.id
+    lines.clear()
+    journal = retrain.execute(config, resumed, lines.append)
+    moved = f"[retrain] production moved to v{production} since the gate passed"
+    assert any(line.startswith(moved) for line in lines), lines
+    assert journal.outcome == retrain.KEPT and journal.gated_against == production, journal
+    assert f"failed the gate against production v{production}" in journal.reason
+    assert not journal.rollout_id and registry.aliased_version(result.model_name) == production
 
     # the same data again: nothing new to learn from, and it says which retrain tried it
     forced = retrain.decide(config, data=str(new_data), force=True, now=now)
