@@ -129,6 +129,7 @@ def run(
     contract = load_contract(contract_path or cfg.contract)
     version = data_version or open_source(source_path(cfg, data)).version
     model, key = model_name(cfg, contract), run_key(cfg, contract, version)
+    gates.for_contract(model, contract)  # a gate entry naming a column it lacks stops here
     path = Journal.path(model, key)
     what = f"a pipeline run of {model} on data version {version} with this config"
     with hold(path.with_suffix(".lock"), what, PipelineBusy):  # read under the lock

@@ -60,6 +60,18 @@ def test_useful_model_beats_the_naive_baseline():
     assert all(r.passed for r in checks.naive_baseline(y, pred, ["recall", "f1"]))
 
 
+def test_a_metric_the_majority_predictor_scores_perfectly_on_is_not_judged():
+    """Where positives are the majority, always predicting positive has recall 1.0, which no
+    model can exceed: reported, not failed; F1 is still judged."""
+    y, truth, _ = _world(rate=0.7)
+    assert y.mean() > 0.5
+    recall, f1 = checks.naive_baseline(y, (truth >= 0.5).astype(int), ["recall", "f1"])
+    assert recall.passed and "not judged" in recall.reason and "by construction" in recall.reason
+    assert f1.passed and "majority-class predictor's" in f1.reason
+    (worse,) = checks.naive_baseline(y, np.ones_like(y), ["f1"])
+    assert not worse.passed
+
+
 def test_a_segment_where_the_model_is_blind_fails_and_is_named():
     y, truth, frame = _world()
     proba = truth.copy()
@@ -124,7 +136,7 @@ def test_better_challenger_passes_and_first_model_needs_no_champion(limits):
 
 
 FAIRNESS = gate.Fairness(
-    demographic_parity_ratio=(0.8, 1.25), min_equalized_odds_ratio=0.7, min_rows=100, columns={}
+    min_demographic_parity_ratio=0.8, min_equalized_odds_ratio=0.7, min_rows=100, columns={}
 )
 
 
@@ -137,8 +149,26 @@ def test_model_biased_against_one_group_fails_fairness():
     assert all(r.passed for r in checks.fairness(frame, y, fair, ["gender"], FAIRNESS))
     results = checks.fairness(frame, y, biased, ["gender"], FAIRNESS)
     assert [r.passed for r in results] == [False, False]
-    assert results[0].reason.startswith("gender: demographic parity ratio 0.000 outside")
+    assert results[0].reason.startswith("gender: demographic parity ratio 0.000 < floor 0.8")
     assert "selection rate female 0.000" in results[0].reason
+
+
+def test_a_group_with_one_class_counts_for_the_rate_it_has():
+    """A group with no positives has no true-positive rate: fairlearn's 0 would make the
+    equalized-odds ratio 0 for any model. It counts for the false-positive rate only."""
+    y, truth, frame = _world()
+    frame["region"] = np.where(np.arange(len(y)) % 10 == 0, "island", "mainland")
+    island = (frame.region == "island").to_numpy()
+    y[island] = 0  # nobody there has churned yet
+    fair = (truth >= 0.5).astype(int)
+    alarms = fair[~island & (y == 0)].mean()  # as many false alarms there as elsewhere
+    fair[island] = np.random.default_rng(5).random(island.sum()) < alarms
+    limits = FAIRNESS.model_copy(update={"columns": {"region": ["equalized_odds"]}})
+    (odds,) = checks.fairness(frame, y, fair, [], limits)
+    assert odds.passed and "['island'] lack a class" in odds.reason, odds.reason
+    never = np.zeros_like(y)  # no positives predicted at all: equal rates, not NaN
+    parity, _ = checks.fairness(frame, y, never, ["region"], FAIRNESS)
+    assert parity.value == 1.0 and parity.passed, parity.reason
 
 
 def test_fairness_skips_groups_too_small_to_judge():

@@ -55,8 +55,8 @@ def _gates_with(tmp_path: Path, change) -> Path:
             "latency.requests: Input should be greater than 0",
         ),
         (
-            lambda g: g["default"]["fairness"].update(demographic_parity_ratio=[1.1, 1.3]),
-            "fairness.demographic_parity_ratio: Value error, [low, high] must hold 1",
+            lambda g: g["default"]["fairness"].update(min_demographic_parity_ratio=1.25),
+            "fairness.min_demographic_parity_ratio: Input should be less than or equal to 1",
         ),
         (  # another model's entry: found now, not on the day that model is gated
             lambda g: g["telco_churn"]["fairness"]["columns"].update(SeniorCitizen=["parity"]),
@@ -81,6 +81,23 @@ def test_a_plain_list_of_fairness_columns_judges_both_criteria(tmp_path):
     assert load_gates(path).for_model("churn_model").fairness.columns == {
         "gender": ["demographic_parity", "equalized_odds"]
     }
+
+
+@pytest.mark.parametrize(
+    "entry, key, message",
+    [
+        ("fairness", {"columns": {"sex": ["equalized_odds"]}}, "fairness.columns names ['sex']"),
+        ("slices", {"bins": {"tenure": [0, 12]}}, "slices.bins names ['tenure'], not slice"),
+    ],
+)
+def test_gate_columns_the_contract_lacks_are_refused_before_training(
+    tmp_path, contract, entry, key, message
+):
+    path = _gates_with(tmp_path, lambda g: g["churn_model"].setdefault(entry, {}).update(key))
+    with pytest.raises(ConfigError) as err:
+        load_gates(path).for_contract("churn_model", contract)
+    assert str(err.value).startswith(f"{path}: entry 'churn_model': {message}"), err.value
+    load_gates(path).for_contract("another_model", contract)  # `default` names neither
 
 
 @pytest.mark.parametrize("command", ["pipeline", "gate --run 0123", "tune"])

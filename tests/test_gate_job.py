@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from ray_app import pipeline, registry, tracking
 from ray_app.cli import app as cli
 from ray_app.config import SplitConfig, load_yaml
-from ray_app.evaluate import job
+from ray_app.evaluate import checks, job
 from ray_app.evaluate.gate import load_gates
 from ray_app.evaluate.report import render_html
 from ray_app.model.logged import load
@@ -175,3 +175,29 @@ def test_the_gate_command_asks_before_moving_production(good, worse, cfg, tmp_pa
         if registry.aliased_version(MODEL) != good.model_version:
             current = registry.aliased_version(MODEL)
             registry.promote(MODEL, "production", good.model_version, "test", "", current)
+
+
+def test_a_champion_of_another_contract_fails_the_comparison_with_the_reason(good, cfg):
+    """Under one model name the contract changed: a champion of another positive class would
+    be scored against inverted labels (and lose to anything), one reading a column the new
+    data lacks would crash the gate. Either fails the champion check, saying why."""
+    import dataclasses
+
+    champ = load(ModelRef(MODEL, version=good.model_version))
+    test = job._frames(cfg, champ)["test"]
+    assert job._incomparable(champ, champ, test) is None
+    label = champ.contract.label_column
+    contract = json.loads(champ.contract.model_dump_json())
+    contract["columns"][label]["positive"] = 0
+    features = dataclasses.replace(champ.features, contract=contract)
+    candidate = dataclasses.replace(champ, version="99", features=features)
+    why = job._incomparable(champ, candidate, test)
+    assert why == (
+        f"production v{good.model_version} and the candidate cannot be compared on one test "
+        f"set: it predicts {label}=1, the candidate {label}=0"
+    )
+    why = job._incomparable(champ, champ, test.drop(columns="age"))
+    assert why.endswith(f"it reads ['age'], which data version {good.dataset_version} lacks")
+    limits = load_gates(cfg.gates).for_model(MODEL).champion
+    (result,) = checks.champion(good.metrics, None, "3", limits, "roc_auc", why)
+    assert not result.passed and result.reason == why

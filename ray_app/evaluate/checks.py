@@ -85,6 +85,13 @@ def naive_baseline(y: np.ndarray, pred: np.ndarray, must_beat: list[str]) -> lis
     out = []
     for name in must_beat:
         model, base = float(scores[name](pred)), float(scores[name](naive))
+        if base == 1.0:  # e.g. recall where positives are the majority: no model can beat it
+            reason = (
+                f"{name}: not judged, the majority-class predictor ({majority}) scores 1.0 on "
+                f"it by construction ({np.mean(y):.0%} of test rows are positive)"
+            )
+            out.append(CheckResult("baseline", name, True, reason, model, base))
+            continue
         ok = model > base
         out.append(
             CheckResult(
@@ -150,8 +157,8 @@ def fairness(
     limits: gate.Fairness,
 ) -> list[CheckResult]:
     """Fairlearn `MetricFrame` per sensitive column: the demographic parity ratio (lowest over
-    highest selection rate between groups) within its band, and the equalized-odds ratio (the
-    lower of the TPR and FPR ratios) above its floor. Groups under `min_rows` are left out.
+    highest selection rate between groups) and the equalized-odds ratio (the lower of the TPR
+    and FPR ratios), each above its floor. Groups under `min_rows` are left out.
     `limits.columns` maps a column to the criteria that apply to it, for groups whose base
     rates truly differ; when empty, every column of `columns` is judged on both."""
     from fairlearn.metrics import (
@@ -161,7 +168,7 @@ def fairness(
         true_positive_rate,
     )
 
-    low, high = limits.demographic_parity_ratio
+    dp_floor = limits.min_demographic_parity_ratio
     eo_floor, min_rows = limits.min_equalized_odds_ratio, limits.min_rows
     criteria = limits.columns or dict.fromkeys(columns, FAIRNESS_CRITERIA)
     out = []
@@ -184,31 +191,48 @@ def fairness(
             y_pred=pred[mask],
             sensitive_features=groups[mask],
         )
-        ratio = mf.ratio()
-        rates = ", ".join(f"{g} {v:.3f}" for g, v in mf.by_group["selection_rate"].items())
-        details = {"by_group": mf.by_group.to_dict(), "rows": counts.to_dict()}
-        dp, eo = float(ratio["selection_rate"]), float(min(ratio["tpr"], ratio["fpr"]))
-        dp_ok, eo_ok = low <= dp <= high, eo >= eo_floor
+        by_group = mf.by_group
+        rates = ", ".join(f"{g} {v:.3f}" for g, v in by_group["selection_rate"].items())
+        details = {"by_group": by_group.to_dict(), "rows": counts.to_dict()}
+        # A group with no positives has no TPR (fairlearn reports 0, a ratio of 0 that no
+        # model could pass), one with no negatives no FPR: each rate compares the groups that
+        # have one.
+        classes = pd.crosstab(groups[mask], y[mask]).reindex(columns=[0, 1], fill_value=0)
+        tpr = by_group.loc[classes.index[classes[1] > 0], "tpr"]
+        fpr = by_group.loc[classes.index[classes[0] > 0], "fpr"]
+        dp = _ratio(by_group["selection_rate"])
+        eo = min(_ratio(tpr), _ratio(fpr))
+        dp_ok, eo_ok = dp >= dp_floor, eo >= eo_floor
+        lacking = [str(g) for g, row in classes.iterrows() if row.min() == 0]
+        partial = f"; {lacking} lack a class and count for one rate only" if lacking else ""
         verdicts = {
             DEMOGRAPHIC_PARITY: (
                 f"{column} demographic parity",
                 dp_ok,
                 f"{column}: demographic parity ratio {dp:.3f} "
-                f"{'within' if dp_ok else 'outside'} [{low}, {high}] (selection rate {rates})",
+                f"{'>=' if dp_ok else '<'} floor {dp_floor} (selection rate {rates})",
                 dp,
-                low,
+                dp_floor,
             ),
             EQUALIZED_ODDS: (
                 f"{column} equalized odds",
                 eo_ok,
                 f"{column}: equalized-odds ratio {eo:.3f} "
-                f"{'>=' if eo_ok else '<'} floor {eo_floor}",
+                f"{'>=' if eo_ok else '<'} floor {eo_floor}{partial}",
                 eo,
                 eo_floor,
             ),
         }
         out += [CheckResult("fairness", *verdicts[c], details) for c in judged_on]
     return out
+
+
+def _ratio(rates: pd.Series) -> float:
+    """Lowest over highest rate between groups; equal (1.0) when every rate is 0, and for
+    fewer than two groups, which have nothing to differ from."""
+    if len(rates) < 2 or rates.max() == 0:
+        return 1.0
+    return float(rates.min() / rates.max())
 
 
 def calibration(y: np.ndarray, proba: np.ndarray, limits: gate.Calibration) -> CheckResult:
@@ -234,9 +258,14 @@ def champion(
     champ_version: str | None,
     limits: gate.Champion,
     primary: str,
+    incomparable: str | None = None,
 ) -> list[CheckResult]:
     """The candidate against the model behind `production` on the same test rows: better by
-    `min_improvement` on the primary metric, and not worse than `tolerance` on the others."""
+    `min_improvement` on the primary metric, and not worse than `tolerance` on the others.
+    A champion that cannot be scored on those rows (`incomparable`, the reason) fails the
+    check: nothing shows the candidate is better."""
+    if incomparable:
+        return [CheckResult("champion", "champion", False, incomparable)]
     if champ is None:
         reason = (
             f"the candidate is production v{champ_version} itself: absolute checks only"

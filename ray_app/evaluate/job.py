@@ -104,24 +104,45 @@ def _explain(
 
 def _champion(
     candidate: LoadedModel, frames: dict[str, pd.DataFrame], y: dict[str, np.ndarray]
-) -> tuple[dict[str, Any] | None, str | None]:
+) -> tuple[dict[str, Any] | None, str | None, str | None]:
     """The production model's test metrics at its own validation threshold, if there is one
-    other than the candidate, and its version. A registry that cannot be read stops the gate:
-    only a model with no `production` alias at all is judged without a champion."""
+    other than the candidate, its version, and why the two cannot be compared on these rows
+    if they cannot. A registry that cannot be read stops the gate: only a model with no
+    `production` alias at all is judged without a champion."""
     name = str(candidate.name)
     champ_version = registry.aliased_version(name, registry.PRODUCTION)
     if champ_version in (None, candidate.version):
-        return None, champ_version
+        return None, champ_version, None
     champ = Scorer.of(load(ModelRef(name, version=champ_version)))
+    if problem := _incomparable(champ.model, candidate, frames[TEST]):
+        return None, champ_version, problem
     threshold = checks.choose_threshold(y[VALID], champ.proba(frames[VALID]))
-    return checks.full_metrics(y[TEST], champ.proba(frames[TEST]), threshold), champ_version
+    metrics = checks.full_metrics(y[TEST], champ.proba(frames[TEST]), threshold)
+    return metrics, champ_version, None
+
+
+def _incomparable(champ: LoadedModel, candidate: LoadedModel, test: pd.DataFrame) -> str | None:
+    """Why the champion cannot be scored against the candidate's labels on its test rows: a
+    contract changed under the same model name (another label or positive class would
+    invert its scores; a column it reads may be gone)."""
+    was, now = champ.contract, candidate.contract
+    about = f"production v{champ.version} and the candidate cannot be compared on one test set"
+    if (was.label_column, was.positive_label) != (now.label_column, now.positive_label):
+        return (
+            f"{about}: it predicts {was.label_column}={was.positive_label!r}, the candidate "
+            f"{now.label_column}={now.positive_label!r}"
+        )
+    if missing := [c for c in was.input_columns if c not in test]:
+        data = candidate.lineage.get("dataset_version")
+        return f"{about}: it reads {missing}, which data version {data} lacks"
+    return None
 
 
 def evaluate(cfg: PipelineConfig, ref: ModelRef, gates: Gates) -> GateReport:
     """Score a registered version and its champion and run every check; moves nothing."""
     candidate = load(ref)
-    limits = gates.for_model(str(candidate.name))
     contract = candidate.contract
+    limits = gates.for_contract(str(candidate.name), contract)
     frames = _frames(cfg, candidate)
     test = frames[TEST]
     y = {k: features.encode_label(f, contract) for k, f in frames.items()}
@@ -155,9 +176,9 @@ def evaluate(cfg: PipelineConfig, ref: ModelRef, gates: Gates) -> GateReport:
         explained,
         *checks.latency(measured, timing),
     ]
-    champ_metrics, champ_version = _champion(candidate, frames, y)
+    champ_metrics, champ_version, problem = _champion(candidate, frames, y)
     results += checks.champion(
-        metrics, champ_metrics, champ_version, limits.champion, limits.primary_metric
+        metrics, champ_metrics, champ_version, limits.champion, limits.primary_metric, problem
     )
     figures = {
         "reliability": plots.reliability(calibration.details["reliability"]),
