@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray_app.config import rayapp_home
+from ray_app.errors import RayAppError
 
 ENV_KEYS = "RAYAPP_API_KEYS"
 MIN_KEY_CHARS = 16
 _NAME = re.compile(r"[\w.-]+")
 
 
-class AuthError(ValueError):
+class AuthError(RayAppError, ValueError):
     """A malformed key source; the message names the source and line, never a key."""
 
 

@@ -735,16 +735,28 @@ def labels_ingest(
 
 
 def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
-    """The `rayapp` entry point (and the jobs'): an MLflow that cannot be reached or refuses a
-    call is said in one line, naming the tracking URI (redacted), not in a traceback."""
+    """The `rayapp` entry point (and the jobs'). What a person can act on is said in one line,
+    not a traceback, whichever command raised it: the project's own errors (`RayAppError`),
+    a service or cluster that does not answer, and an MLflow that cannot be reached or
+    refuses a call, naming the tracking URI (redacted)."""
+    import requests
+
+    from ray_app.config import redact_url, redact_urls_in
+    from ray_app.errors import RayAppError
+
     try:
         app(args=args, prog_name=prog_name)
+    except RayAppError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    except (requests.ConnectionError, requests.Timeout) as e:
+        where = redact_url(e.request.url) if e.request is not None else "the service"
+        typer.echo(f"error: no answer from {where} ({type(e).__name__}); is it up?", err=True)
+        raise SystemExit(1) from None
     except Exception as e:
         mlflow = sys.modules.get("mlflow")  # imported by then if the error came from it
         if mlflow is None or not isinstance(e, mlflow.exceptions.MlflowException):
             raise
-        from ray_app.config import redact_url, redact_urls_in
-
         uri = redact_url(mlflow.get_tracking_uri())
         typer.echo(f"MLflow at {uri}: {redact_urls_in(e.message)}", err=True)
         raise SystemExit(1) from None

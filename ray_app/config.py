@@ -24,8 +24,10 @@ from pydantic import (
     model_validator,
 )
 
+from ray_app.errors import RayAppError
 
-class ConfigError(ValueError):
+
+class ConfigError(RayAppError, ValueError):
     """A config file that does not say what it must; the message names the file and fields."""
 
 

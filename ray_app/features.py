@@ -146,9 +146,11 @@ def _numbers(column: pd.Series) -> pd.Series:
 
 
 def _dates(column: pd.Series) -> pd.Series:
-    if pd.api.types.is_datetime64_any_dtype(column):
-        return column
-    return pd.to_datetime(column, errors="coerce")
+    """Midnight of each value's day: a day count is between calendar dates, as `encoder`
+    counts it from a request's dates, whatever time of day a file's values carry."""
+    if not pd.api.types.is_datetime64_any_dtype(column):
+        column = pd.to_datetime(column, errors="coerce")
+    return column.dt.normalize()
 
 
 def encode_label(df: pd.DataFrame, contract: Contract) -> np.ndarray:

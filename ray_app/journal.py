@@ -19,10 +19,12 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ray_app.errors import RayAppError
+
 Entry = TypeVar("Entry")
 
 
-class Busy(RuntimeError):
+class Busy(RayAppError, RuntimeError):
     """Another process holds the lock."""
 
 

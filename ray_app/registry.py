@@ -27,6 +27,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from ray_app.errors import RayAppError
+
 CANDIDATE, STAGING, PRODUCTION = "candidate", "staging", "production"
 AUDIT_PREFIX = "audit."
 ROLLOUT_PREFIX = "rollout."  # serving events: deploys, switches, canary steps and rollbacks
@@ -34,7 +36,7 @@ THRESHOLD_TAG = "threshold"  # decision threshold, chosen by the gate on validat
 _UNCHECKED = object()
 
 
-class RegistryError(RuntimeError):
+class RegistryError(RayAppError, RuntimeError):
     """A registry operation that cannot be done, with the reason."""
 
 

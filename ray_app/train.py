@@ -30,6 +30,7 @@ from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 
 from ray_app.config import TrainConfig
 from ray_app.data.split import TRAIN, VALID
+from ray_app.errors import RayAppError
 from ray_app.features import LABEL
 from ray_app.metrics import eval_key
 
@@ -242,7 +243,7 @@ def build_trainer(
     )
 
 
-class ResourcesUnavailable(RuntimeError):
+class ResourcesUnavailable(RayAppError, RuntimeError):
     """Training cannot be placed on the cluster: the message names what it asked for and what
     was free."""
 

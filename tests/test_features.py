@@ -61,6 +61,24 @@ def test_transform_encodes_unknowns_and_nulls_as_missing(fitted):
     assert np.isnan(out[fs.numeric[0]][1])
 
 
+def test_a_day_count_is_between_calendar_dates_in_files_and_requests(fitted):
+    """A file's dates may carry a time of day; a request's are dates. 18:00 on the 1st to 09:00
+    on the 3rd is two days both ways, not the 1 a difference of instants floors to."""
+    _, fs = fitted
+    rows = pd.DataFrame(
+        {
+            **{n: [1.0] for n in fs.numeric},
+            "plan": ["basic"],
+            "region": ["west"],
+            "signup_date": pd.to_datetime(["2020-01-01 18:00"]),
+            "last_login": pd.to_datetime(["2020-01-03 09:00"]),
+        }
+    )
+    request = {**rows.iloc[0].to_dict(), "signup_date": "2020-01-01", "last_login": "2020-01-03"}
+    assert features.transform(rows, fs).tenure_days[0] == 2.0
+    assert fs.feature_names[-1] == "tenure_days" and features.encoder(fs)([request])[0][-1] == 2.0
+
+
 def test_training_serving_parity(fitted, contract):
     """The same rows through Ray Data (training) and through the HTTP request model (serving)."""
     splits, fs = fitted

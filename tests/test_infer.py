@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ray_app.cli import app as cli
+from ray_app.cli import main
 from ray_app.data import synth
 from ray_app.data.contract import load_contract
 from ray_app.data.ingest import inspect_source, read_raw
@@ -111,3 +112,20 @@ def test_identifiers_in_digits_are_drafted_as_text(tmp_path):
     assert contract.columns["customerID"].type == "string"
     assert contract.columns["ref"].type == "string"
     assert contract.columns["age_id"].type == "integer"
+
+
+def test_an_empty_table_is_refused_and_an_empty_column_drafted_as_optional_text(tmp_path, capsys):
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text("id,churned\n")
+    with pytest.raises(SystemExit) as exited:  # through the entry point, as `rayapp` runs
+        main(["contract", "infer", "--data", str(header_only), "--label", "churned"])
+    assert exited.value.code == 2
+    said = capsys.readouterr().err
+    assert said == f"error: {header_only}: no data rows, only a header, to draft a contract from\n"
+    data = synth.write(tmp_path / "churn.csv", 500, seed=5)
+    frame = pd.read_csv(data, dtype=str, keep_default_na=False)
+    frame["notes"] = " "  # a column nobody filled in
+    frame.to_csv(data, index=False)
+    contract = _draft(data, "churned", tmp_path / "contract.yaml")  # loads: a valid draft
+    notes = contract.columns["notes"]
+    assert notes.type == "string" and notes.nullable and notes.max_null_fraction == 1.0

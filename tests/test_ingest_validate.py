@@ -241,3 +241,50 @@ def test_integers_float64_cannot_hold_are_refused_not_rounded(ray_session, tmp_p
     failure = failed["expect_column_values_to_parse_as_integer"]
     assert failure.bad_rows == 3 and str(limit + 2) in failure.examples
     assert "give larger identifiers type string" in str(failure)
+
+
+def test_a_null_token_a_column_allows_is_a_value_and_a_numeric_marker_a_null():
+    """ "NA" is North America where a column lists it among its values, not a missing value;
+    a marker `null_values: [-999]` is missing in a Parquet integer column as in a CSV's text."""
+    contract = Contract.model_validate(
+        {
+            "name": "regions",
+            "columns": {
+                "region": {"type": "category", "allowed": ["NA", "EU"], "roles": ["feature"]},
+                "visits": {"type": "integer", "null_values": [-999], "roles": ["feature"]},
+                "churned": {
+                    "type": "category",
+                    "allowed": ["0", "1"],
+                    "roles": ["label"],
+                    "positive": "1",
+                },
+            },
+        }
+    )
+    table = pa.table(
+        {
+            "region": ["NA", "EU", "N/A"],
+            "visits": pa.array([5, -999, None], pa.int64()),
+            "churned": ["0", "1", "0"],
+        }
+    )
+    for frame in (as_frame(table), as_frame(table).astype("string").astype(object)):
+        typed, failures = coerce(frame, contract)
+        assert typed["region"].tolist() == ["NA", "EU", None] and failures == {}
+        assert typed["visits"][0] == 5 and typed["visits"][1:].isna().all()
+
+
+def test_a_null_fraction_exactly_at_its_limit_passes(ray_session, contract, tmp_path):
+    """29 nulls in 100 rows at `max_null_fraction: 0.29`: 0.29 * 100 is 28.999... in floats."""
+    frame = next(synth.generate(100, seed=4))
+    frame.loc[:28, "gender"] = None
+    path = tmp_path / "nulls.parquet"
+    frame.to_parquet(path)
+    spec = contract.columns["gender"].model_copy(update={"max_null_fraction": 0.29})
+    exact = contract.model_copy(update={"columns": {**contract.columns, "gender": spec}})
+    source, report = _validate(path, exact)
+    assert report.success, report.failures
+    frame.loc[29, "gender"] = None
+    frame.to_parquet(path)
+    source, report = _validate(path, exact)
+    assert [f.column for f in report.failures] == ["gender"]

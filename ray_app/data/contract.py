@@ -279,13 +279,15 @@ class Contract(BaseModel):
             a, b = (
                 (rule.column, rule.other) if rule.op in (">=", ">") else (rule.other, rule.column)
             )
+            # A row missing either value is not judged (its nulls are the null checks'
+            # business), as a request is not: a rule does not make a nullable column required.
+            pair = {"column_A": a, "column_B": b, "ignore_row_if": "either_value_is_missing"}
             if rule.op == "==":
-                add("expect_column_pair_values_to_be_equal", column_A=a, column_B=b)
+                add("expect_column_pair_values_to_be_equal", **pair)
             else:
                 add(
                     "expect_column_pair_values_a_to_be_greater_than_b",
-                    column_A=a,
-                    column_B=b,
+                    **pair,
                     or_equal=rule.op in (">=", "<="),
                 )
         return out

@@ -24,6 +24,7 @@ import yaml
 from ray_app.data.ingest import (
     MAX_SAFE_INTEGER,
     NULL_TOKENS,
+    DataError,
     as_frame,
     csv_header,
     csv_options,
@@ -45,7 +46,10 @@ def _sample(path: Path, rows: int) -> pd.DataFrame:
         table = pq.ParquetDataset(path).read()
         return as_frame(table.slice(0, rows)).astype("string")  # ints with nulls stay ints
     reader = pacsv.open_csv(path, **csv_options(csv_header(path)))
-    table = reader.read_next_batch().to_pandas()
+    try:
+        table = reader.read_next_batch().to_pandas()
+    except StopIteration:
+        raise DataError(f"{path}: no data rows, only a header, to draft a contract from") from None
     while len(table) < rows:
         try:
             table = pd.concat([table, reader.read_next_batch().to_pandas()])
@@ -105,6 +109,8 @@ def _column(values: pd.Series, rows: int) -> tuple[dict[str, Any], list[str]]:
         spec["max"] = math.ceil(high + margin)
     elif len(present) and dates.notna().all() and not numbers.notna().all():
         spec.update(type="date", min=str(dates.min().date()), max="today")
+    elif not len(present):  # no value to learn a type or a set from
+        spec["type"] = "string"
     elif len(distinct) <= MAX_CATEGORIES and not identifier:
         spec.update(type="category", allowed=sorted(str(v) for v in distinct))
     else:
@@ -116,7 +122,10 @@ def _column(values: pd.Series, rows: int) -> tuple[dict[str, Any], list[str]]:
         spec["max_null_fraction"] = round(min(1.0, null_fraction * 2 + 0.001), 3)
     if null_values := [m for m in markers if m not in NULL_TOKENS]:
         spec["null_values"] = null_values
-    return spec, [_note(m, n) for m, n in markers.items()]
+    notes = [_note(m, n) for m, n in markers.items()]
+    if not len(present):
+        notes.append("every value was missing: drafted as an optional string; set its type")
+    return spec, notes
 
 
 def _positive(allowed: list[str]) -> str:
@@ -133,8 +142,10 @@ def infer(
     number of rows it was drafted from."""
     path = Path(path)
     sample = _sample(path, rows)
+    if sample.empty:
+        raise DataError(f"{path}: no data rows to draft a contract from")
     if label not in sample.columns:
-        raise ValueError(f"{path}: label column {label!r} not found in {list(sample.columns)}")
+        raise DataError(f"{path}: label column {label!r} not found in {list(sample.columns)}")
     columns: dict[str, dict[str, Any]] = {}
     notes: dict[str, list[str]] = {}
     id_column = None
@@ -142,7 +153,7 @@ def infer(
         spec, notes[column] = _column(sample[column], len(sample))
         if column == label:
             if spec["type"] != "category" or len(spec["allowed"]) != 2:
-                raise ValueError(f"{path}: label {label!r} must have exactly two values")
+                raise DataError(f"{path}: label {label!r} must have exactly two values")
             spec.update(roles=["label"], positive=_positive(spec["allowed"]))
         elif spec.pop("unique", False) and id_column is None:
             id_column = column

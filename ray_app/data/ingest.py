@@ -26,6 +26,7 @@ import ray.data
 import ray.exceptions
 
 from ray_app.data.contract import ColumnSpec, Contract
+from ray_app.errors import RayAppError
 
 # Ray Data loggers that print a failed task's traceback before it is raised; `reading` reports
 # such failures itself.
@@ -51,7 +52,7 @@ MAX_SAFE_INTEGER = 2**53 - 1
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
-class DataError(ValueError):
+class DataError(RayAppError, ValueError):
     """Input data that breaks the contract; the message names the file, column and rows."""
 
 
@@ -331,10 +332,21 @@ def _ragged_record(path: Path, width: int) -> str | None:
     return None
 
 
-def _blank(raw: pd.Series, null_values: list[str]) -> np.ndarray:
+def null_tokens(spec: ColumnSpec) -> list[str]:
+    """The text that reads as missing in a column: the common tokens, less any the column
+    allows as a value (a region "NA"), and the column's own `null_values`."""
+    allowed = {str(v) for v in spec.allowed or ()}
+    return [t for t in NULL_TOKENS if t not in allowed] + [str(v) for v in spec.null_values]
+
+
+def _blank(raw: pd.Series, spec: ColumnSpec) -> np.ndarray:
     if raw.dtype == object or pd.api.types.is_string_dtype(raw):
         text = raw.astype("string").str.strip()
-        return (raw.isna() | text.isin([*NULL_TOKENS, *null_values])).to_numpy()
+        return (raw.isna() | text.isin(null_tokens(spec))).to_numpy()
+    # A typed (Parquet) column holds a numeric marker as a number: -999, not "-999".
+    markers = pd.to_numeric(pd.Series(spec.null_values, dtype=object), errors="coerce")
+    if pd.api.types.is_numeric_dtype(raw) and markers.notna().any():
+        return (raw.isna() | raw.isin(markers.dropna())).to_numpy(dtype=bool, na_value=True)
     return raw.isna().to_numpy()
 
 
@@ -379,7 +391,7 @@ def _coerce_text(
     or the column holds a value Arrow cannot parse: `coerce`'s pandas path then decides. The
     dates Arrow parses (ISO 8601 without a zone) are a subset of what pandas' ISO 8601 parser
     takes, to the same instant."""
-    nulls = pa.array([*NULL_TOKENS, *spec.null_values], pa.string())
+    nulls = pa.array(null_tokens(spec), pa.string())
     blank = pc.or_(pc.is_null(text), pc.is_in(text, value_set=nulls))  # is_in(null) is false
     present = pc.if_else(blank, pa.scalar(None, pa.string()), text)
     if spec.type in ("string", "category"):
@@ -445,7 +457,7 @@ def coerce(batch: pd.DataFrame, contract: Contract) -> tuple[pd.DataFrame, dict[
         if fast is not None:
             parsed, bad = fast
         else:
-            blank = _blank(raw, spec.null_values)
+            blank = _blank(raw, spec)
             parsed = _parse(raw, spec.type)
             bad = ~blank & parsed.isna().to_numpy()
             parsed = parsed.where(~blank & ~bad)

@@ -9,6 +9,7 @@ is therefore bounded by the number of expectations, not the number of rows.
 from __future__ import annotations
 
 import json
+import math
 import traceback
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from ray_app.data.ingest import (
     reading,
     unreadable,
 )
+from ray_app.errors import RayAppError
 
 MAX_EXAMPLES = 5
 ROW_COUNT = "row_count"
@@ -49,7 +51,7 @@ PARSE_HINTS = {
 BOOKKEEPING = (ROW_COUNT, UNIQUE, PROFILE, VALUES, DATA_ERROR, TASK_ERROR)
 
 
-class ValidationTaskError(RuntimeError):
+class ValidationTaskError(RayAppError, RuntimeError):
     """A validation task that failed for a reason other than the data: a bug, out of memory,
     a lost worker. The message says which, with the task's error."""
 
@@ -310,7 +312,8 @@ def validate(
     results = parts[~parts.expectation.isin(BOOKKEEPING)]
     for key, group in results.groupby(["expectation", "column"], sort=False):
         bad = int(group.bad_rows.sum())
-        allowed = int(tolerance.get(key, 0.0) * rows)
+        # Rounded, not truncated: 0.29 * 100 is 28.999... in floats, and 29 rows are allowed.
+        allowed = math.floor(round(tolerance.get(key, 0.0) * rows, 9))
         if bad > allowed:
             examples = [e for batch in group.examples for e in json.loads(batch)]
             row_level = tolerance.get(key, 0.0) == 0.0

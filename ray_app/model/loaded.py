@@ -18,13 +18,14 @@ import numpy as np
 import xgboost as xgb
 
 from ray_app.data.contract import Contract
+from ray_app.errors import RayAppError
 from ray_app.features import FeatureSet, encoder
 
 BOOSTER_FILE, FEATURES_FILE = "model.ubj", "features.json"
 DEFAULT_THRESHOLD = 0.5  # a version the gate gave no threshold (registry tag) answers at this
 
 
-class ModelFilesError(ValueError):
+class ModelFilesError(RayAppError, ValueError):
     """A model's files that do not belong together."""
 
 

@@ -30,6 +30,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from ray_app import registry, tracking
 from ray_app.data.store import DataStore
+from ray_app.errors import RayAppError
 from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 from ray_app.monitor.predictions import FOLDER
@@ -41,7 +42,7 @@ GATE_TAG, GATE_DIR, GATE_PAGE = "gate", "gate", "gate.html"
 _KEYS = pa.schema([(REQUEST_ID, pa.string()), (TIME, pa.timestamp("us", tz="UTC"))])
 
 
-class TraceNotFound(LookupError):
+class TraceNotFound(RayAppError, LookupError):
     """No logged row carries the request id; the message says where the search looked."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
 from ray_app import registry
+from ray_app.errors import RayAppError
 from ray_app.model.ref import ModelRef
 from ray_app.rollout.routing import (
     BLUEGREEN,
@@ -40,7 +41,7 @@ from ray_app.rollout.routing import (
 ROUTER = "Router"
 
 
-class DeployError(RuntimeError):
+class DeployError(RayAppError, RuntimeError):
     """A deploy command that cannot be carried out, with the reason."""
 
 

@@ -29,6 +29,7 @@ from ray_app.data.contract import Contract, load_contract
 from ray_app.data.snapshot import Snapshot
 from ray_app.data.sources import resolve_snapshot
 from ray_app.data.split import TRAIN, VALID
+from ray_app.errors import RayAppError
 from ray_app.features import ModelData, prepare
 from ray_app.metrics import ROC_AUC, eval_key, test_key
 from ray_app.progress import Steps
@@ -67,7 +68,7 @@ def searches_root() -> Path:
     return results_root()
 
 
-class SearchError(RuntimeError):
+class SearchError(RayAppError, RuntimeError):
     """A search that cannot start or resume, with the reason."""
 
 

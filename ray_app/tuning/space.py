@@ -18,12 +18,13 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ray_app.config import Dimension, SearchConfig
+from ray_app.errors import RayAppError
 from ray_app.train import ROUNDS
 
 DEVICE, CPU, CUDA = "device", "cpu", "cuda"
 
 
-class NoGpuError(ValueError):
+class NoGpuError(RayAppError, ValueError):
     """The search would ask for GPUs that the cluster does not have."""
 
 
