@@ -72,3 +72,18 @@ def test_a_quarantined_row_keeps_a_null_as_null(contract):
     assert held["gender"].to_pylist() == [None] and held["monthly_charge"].to_pylist() == ["-5"]
     # Text columns even where the bad rows are all null: every file of the folder alike.
     assert set(held.schema.types) == {pa.string()}
+
+
+def test_the_rows_left_after_quarantine_must_pass_the_whole_table_checks(
+    ray_session, pipeline_config, contract, tmp_path
+):
+    """Every churner's age broken: setting those rows aside leaves a table of one class, which
+    the label check (judged on the whole table, before) would otherwise let into training."""
+    path = synth.write(tmp_path / "no_churners_left.csv", 3_000, seed=14)
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    raw.loc[raw.churned == "1", "age"] = "17"
+    raw.to_csv(path, index=False)
+    with pytest.raises(DataError) as err:
+        sources.ingest(_config(pipeline_config, 0.5), contract, path, lambda m: None)
+    said = str(err.value)
+    assert "churned" in said and "rows left once" in said and "were set aside" in said, said

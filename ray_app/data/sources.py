@@ -10,7 +10,7 @@ from ray_app.data import report as validation_report
 from ray_app.data import synth
 from ray_app.data.contract import Contract
 from ray_app.data.ingest import inspect_source, read_raw
-from ray_app.data.quarantine import quarantine
+from ray_app.data.quarantine import good_rows, quarantine
 from ray_app.data.snapshot import Snapshot, find_snapshot, write_snapshot
 from ray_app.data.store import open_store
 from ray_app.data.validate import validate
@@ -49,6 +49,17 @@ def ingest(cfg: PipelineConfig, contract: Contract, data: Path, step: Steps) -> 
             home / "quarantine",
         )
         step(f"[quarantine] {quarantined} of {report.rows} rows set aside with reasons in {folder}")
+        # The checks of the whole table (row count, both label classes, null fractions) were
+        # judged with the bad rows in: judged again on what is kept, before it is snapshotted.
+        kept = read_raw(source, contract).map_batches(
+            good_rows,
+            fn_kwargs={"contract_json": contract.model_dump_json()},
+            batch_format="pandas",
+        )
+        left = validate(kept, contract, source, cfg.data.batch_size)
+        left.raise_for_failures(
+            f"(the {left.rows} rows left once {quarantined} were set aside in {folder})"
+        )
     step(
         f"[validate] {report.rows - quarantined} rows of {source.path.name} passed "
         f"{len(report.checked)} checks of contract {contract.name!r}; "
