@@ -27,11 +27,16 @@ export RAY_SERVE_HAPROXY_RETRY_ON ?= conn-failure empty-response
 .PHONY: help install run cluster pipeline tune deploy test tools bench lint stop mlflow-ui strip-notebooks
 
 help:
-	@echo "make run    - install, start a local Ray cluster, run the pipeline, serve the model"
-	@echo "make test   - install and run the test suite"
-	@echo "make tune   - hyperparameter search as a Ray job (configs/search_space.yaml)"
-	@echo "make stop   - stop the local Ray cluster"
-	@echo "make bench  - run the benchmarks (bench/RESULTS.md)"
+	@echo "make run      - install, start a local Ray cluster, run the pipeline, serve the model"
+	@echo "make pipeline - the pipeline as a Ray job (DATA=path.csv for your own file)"
+	@echo "make deploy   - serve serve_config.yaml and predict once"
+	@echo "make tune     - hyperparameter search as a Ray job (configs/search_space.yaml)"
+	@echo "make test     - install and run the test suite (lint included)"
+	@echo "make install  - the virtual environment .venv from requirements.lock"
+	@echo "make tools    - promtool for the alert-rule tests"
+	@echo "make lint     - ruff"
+	@echo "make stop     - stop the local Ray cluster"
+	@echo "make bench    - run the benchmarks (bench/RESULTS.md)"
 	@echo "make mlflow-ui - MLflow UI on http://127.0.0.1:5000"
 	@echo "make strip-notebooks - clear notebook outputs before committing"
 
@@ -51,9 +56,17 @@ DATA_ARG = $(if $(DATA),--data $(abspath $(DATA)))
 
 # A new head answers `ray job list` before its job agent can take jobs: a no-op job is
 # submitted until one is accepted (the first `make pipeline` once failed without this).
+# A running cluster is reused only if its processes have this checkout's RAYAPP_HOME (a no-op
+# job prints theirs): Ray's processes keep the environment of whoever started them, so
+# another checkout's cluster would run these jobs and replicas on its own MLflow store and keys.
 cluster: install
 	@mkdir -p $(RAYAPP_HOME)
 	@if $(CLUSTER_ENV) $(BIN)/ray job list --address $(DASHBOARD) >/dev/null 2>&1; then \
+	  $(CLUSTER_ENV) $(BIN)/ray job submit --address $(DASHBOARD) -- printenv RAYAPP_HOME \
+	    2>/dev/null | grep -qxF "$(RAYAPP_HOME)" || { \
+	    echo "[cluster] the Ray cluster at $(DASHBOARD) was started with another RAYAPP_HOME" \
+	      "than $(RAYAPP_HOME): its jobs and replicas would use that one's MLflow store and" \
+	      "keys. Stop it (ray stop) or run make where it was started."; exit 1; }; \
 	  echo "[cluster] using the running Ray cluster (dashboard $(DASHBOARD))"; \
 	else \
 	  $(CLUSTER_ENV) $(BIN)/ray get-auth-token --generate >/dev/null && \

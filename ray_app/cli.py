@@ -348,7 +348,13 @@ def contract_infer(
 @data_app.command("versions")
 def data_versions(
     config: ConfigOption = Path("configs/pipeline.yaml"),
-    store: Annotated[str | None, typer.Option(help="store URI (default: config's)")] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="data store URI (default: the config's data.store, else $RAYAPP_DATA_STORE, "
+            "else $RAYAPP_HOME/data)"
+        ),
+    ] = None,
 ) -> None:
     """List validated data snapshots: version, rows, contract, source, when."""
     from ray_app.config import load_pipeline_config
@@ -427,7 +433,13 @@ def predict(
         bool, typer.Option(help="send the input example logged with the production model")
     ] = False,
     url: Annotated[str, typer.Option(help="the service's base URL")] = DEFAULT_URL,
-    model: ModelOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="served model: POST to /v1/models/NAME:predict (default: /predict, the "
+            "application's first model; --sample then takes the pipeline config's model)"
+        ),
+    ] = None,
     config: ConfigOption = Path("configs/pipeline.yaml"),
     wait: Annotated[float, typer.Option(help="seconds to wait for the service")] = 0.0,
 ) -> None:
@@ -478,13 +490,15 @@ def deploy(
     switch: Annotated[bool, typer.Option(help="blue/green: all traffic to green")] = False,
     rollback: Annotated[bool, typer.Option(help="undo the current rollout")] = False,
     steps: Annotated[
-        str, typer.Option(help="canary: percent of traffic at each step")
+        str, typer.Option(help="canary: percents of traffic, one per step, comma-separated")
     ] = "10,50,100",
     step_s: Annotated[float, typer.Option(help="canary: seconds at each step")] = 300.0,
     promote: Annotated[
         bool, typer.Option(help="canary: move production to it after the last step")
     ] = True,
-    fraction: Annotated[float, typer.Option(help="shadow: share of requests mirrored")] = 1.0,
+    fraction: Annotated[
+        float, typer.Option(help="shadow: share of requests mirrored, above 0 and at most 1")
+    ] = 1.0,
     model: Annotated[
         str | None, typer.Option(help="served model (default: the application's first)")
     ] = None,
@@ -493,6 +507,8 @@ def deploy(
 ) -> None:
     """Roll out a candidate beside production (blue/green, canary or shadow), switch, or roll
     back, in the running application; applied in place within seconds, nothing restarts."""
+    from pydantic import ValidationError
+
     from ray_app import tracking
     from ray_app.registry import RegistryError
     from ray_app.rollout import deploy as rollout
@@ -507,7 +523,10 @@ def deploy(
         running = rollout.Running.read(address, app_name)
         name = model or next(iter(running.refs()))
         if strategy is not None:
-            percents = [float(s) for s in steps.split(",")]
+            try:
+                percents = [float(s) for s in steps.split(",")]
+            except ValueError:
+                raise typer.BadParameter(f"{steps!r}: give percents such as 10,50,100") from None
             route = rollout.start(
                 running, name, strategy, candidate, percents, step_s, fraction, promote
             )
@@ -517,7 +536,7 @@ def deploy(
             route = rollout.rollback(running, name)
         else:
             route = running.route(name)
-    except (rollout.DeployError, RegistryError) as e:
+    except (rollout.DeployError, RegistryError, ValidationError) as e:  # a route out of bounds
         typer.echo(f"deploy refused: {e}", err=True)
         raise typer.Exit(2) from None
     shown = route.model_dump(mode="json", exclude_none=True) if route else "default route"

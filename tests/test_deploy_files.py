@@ -423,3 +423,12 @@ def test_cluster_yaml_installs_what_its_provider_needs():
     for name, node in cluster["available_node_types"].items():
         if name != cluster["head_node_type"]:
             assert node["node_config"]["IamInstanceProfile"], name
+
+
+def test_the_raycluster_and_rayservice_do_not_share_a_head_service():
+    """KubeRay names a RayCluster's and a RayService's head Service `<name>-head-svc`: two
+    objects of one name would fight over it, and a port-forward could land on the other."""
+    names = {
+        _yaml(f"kuberay/{kind}.yaml")["metadata"]["name"] for kind in ("raycluster", "rayservice")
+    }
+    assert len(names) == 2, names
