@@ -65,6 +65,14 @@ def _base() -> dict:
             "its two class values",
         ),
         (lambda c: c["columns"]["x"].update(type="decimal"), "columns.x.type"),
+        (  # a bound of the wrong kind, which every batch's check would fail on with a TypeError
+            lambda c: c["columns"]["x"].update(min="2015-01-01"),
+            "min/max of a float column must be a number, not datetime.date",
+        ),
+        (
+            lambda c: c["columns"].update(d={"type": "date", "max": 100}),
+            "min/max of a date column must be a date, not 100",
+        ),
         (
             lambda c: c.update(
                 derived=[{"name": "d", "op": "days_between", "start": "x", "end": "x"}]

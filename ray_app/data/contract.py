@@ -58,6 +58,10 @@ class ColumnSpec(BaseModel):
             raise ValueError(f"min/max only apply to numeric and date columns, not {self.type}")
         if self.max == "today" and self.type != "date":
             raise ValueError("max: today only applies to date columns")
+        for bound in (self.min, self.max):
+            if bound not in (None, "today") and isinstance(bound, dt.date) != (self.type == "date"):
+                kind = "a date" if self.type == "date" else "a number"
+                raise ValueError(f"min/max of a {self.type} column must be {kind}, not {bound!r}")
         if self.pattern is not None and self.type not in ("string", "category"):
             raise ValueError("pattern only applies to string and category columns")
         if self.type == "category" and not self.allowed:
