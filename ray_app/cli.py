@@ -765,9 +765,9 @@ def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
 
     try:
         app(args=args, prog_name=prog_name)
-    except RayAppError as e:
+    except RayAppError as e:  # bad input (a ValueError) exits 2, anything else 1, as jobs do
         typer.echo(f"error: {e}", err=True)
-        raise SystemExit(2) from None
+        raise SystemExit(2 if isinstance(e, ValueError) else 1) from None
     except (requests.ConnectionError, requests.Timeout) as e:
         where = redact_url(e.request.url) if e.request is not None else "the service"
         typer.echo(f"error: no answer from {where} ({type(e).__name__}); is it up?", err=True)

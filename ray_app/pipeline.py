@@ -65,6 +65,7 @@ class PipelineResult:
     promoted: bool  # the gate passed
     gate_reasons: list[str]
     aliases: list[str]  # the aliases this run's version took
+    champion: str | None = None  # the production version the gate judged it against
 
 
 @dataclass
@@ -204,6 +205,7 @@ def _train_and_gate(
         report.passed,
         reasons,
         entry.aliases,
+        report.champion_version,
     )
 
 

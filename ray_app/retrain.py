@@ -415,6 +415,7 @@ def _run_steps(cfg: RetrainConfig, journal: Journal, step: Steps) -> None:
     pcfg = load_pipeline_config(cfg.pipeline)
     contract = load_contract(pcfg.contract)
     gates = load_gates(pcfg.gates)
+    gates.for_contract(journal.model, contract)  # a column the contract lacks: before training
     if not journal.data_version:
         snap = resolve_snapshot(pcfg, contract, journal.data, None, step)
         journal.update(data_version=snap.version, step=TRAIN)
@@ -448,10 +449,9 @@ def _run_steps(cfg: RetrainConfig, journal: Journal, step: Steps) -> None:
                 journal.update(candidate=found.model_version, step=GATE)
             _gate(pcfg, gates, journal, confirm)
         else:
-            against = registry.aliased_version(journal.model)
             result = pipeline.train_and_gate(pcfg, contract, snap, gates, step, confirm)
             journal.update(candidate=result.model_version)
-            _judged(journal, result.promoted, result.gate_reasons, against)
+            _judged(journal, result.promoted, result.gate_reasons, result.champion)
     candidate = f"{journal.model}/{journal.candidate}"
     # Killed after the gate and resumed once production had moved (a rollback, another
     # promotion): a canary now would replace a version the candidate never beat.
@@ -460,8 +460,9 @@ def _run_steps(cfg: RetrainConfig, journal: Journal, step: Steps) -> None:
         step(f"[retrain] production moved to v{now} since the gate passed {candidate}: gate again")
         _gate(pcfg, gates, journal, confirm)
     if not journal.gate_passed:
+        against = f"v{journal.gated_against}" if journal.gated_against else "(none)"
         why = (
-            f"{candidate} failed the gate against production v{journal.gated_against} on data "
+            f"{candidate} failed the gate against production {against} on data "
             f"version {journal.data_version}: " + "; ".join(journal.gate_reasons)
         )
         return _end(journal, KEPT, why, cfg)
@@ -481,10 +482,9 @@ def _gate(
     confirm: Callable[[GateReport], bool] | None,
 ) -> None:
     """Judge the journal's registered candidate against production as it is now."""
-    against = registry.aliased_version(journal.model)
     judged = ModelRef(journal.model, version=journal.candidate)
     report, _ = run_gate(pcfg, judged, gates, confirm)
-    _judged(journal, report.passed, report.failures(), against)
+    _judged(journal, report.passed, report.failures(), report.champion_version)
 
 
 def _judged(journal: Journal, passed: bool, reasons: list[str], against: str | None) -> None:

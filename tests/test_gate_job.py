@@ -196,6 +196,10 @@ def test_a_champion_of_another_contract_fails_the_comparison_with_the_reason(goo
         f"production v{good.model_version} and the candidate cannot be compared on one test "
         f"set: it predicts {label}=1, the candidate {label}=0"
     )
+    contract["columns"][label].update(type="category", allowed=["0", "1"], positive="1")
+    features = dataclasses.replace(champ.features, contract=contract)
+    drafted = dataclasses.replace(champ, version="99", features=features)  # `contract infer`'s
+    assert job._incomparable(champ, drafted, test) is None  # 1 and "1": one positive class
     why = job._incomparable(champ, champ, test.drop(columns="age"))
     assert why.endswith(f"it reads ['age'], which data version {good.dataset_version} lacks")
     limits = load_gates(cfg.gates).for_model(MODEL).champion

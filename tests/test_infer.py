@@ -106,12 +106,17 @@ def test_identifiers_in_digits_are_drafted_as_text(tmp_path):
     frame.insert(0, "customerID", range(1001, 1501))
     frame["ref"] = [2**60 + i % 40 for i in range(500)]  # repeats: not unique
     frame["age_id"] = frame["age"]  # named like an id but not distinct: a number still
+    frame["order_id"] = range(9001, 9501)  # a second identifier: no feature either
+    frame["mass"] = [1.5e20 * (1 + i % 7) / 3 for i in range(500)]  # large, but a measurement
     frame.to_parquet(data)
     contract = _draft(data, "churned", tmp_path / "contract.yaml")
     assert contract.id_column == "customerID"
     assert contract.columns["customerID"].type == "string"
     assert contract.columns["ref"].type == "string"
     assert contract.columns["age_id"].type == "integer"
+    assert contract.columns["mass"].type == "float" and "mass" in contract.feature_columns
+    order = contract.columns["order_id"]
+    assert order.type == "string" and order.roles == [] and order.unique
 
 
 def test_an_empty_table_is_refused_and_an_empty_column_drafted_as_optional_text(tmp_path, capsys):

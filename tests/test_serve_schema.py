@@ -29,6 +29,24 @@ def test_a_good_request_parses(request_model):
     assert parsed.instances[0].model_dump(by_alias=True)["plan"] == "basic"
 
 
+def test_a_number_sent_for_a_category_of_digits_is_its_text():
+    """Telco's SeniorCitizen is a category of "0" and "1", as a file's 0 and 1 read; a client
+    sending the JSON number 0 means the same."""
+    from ray_app.data.contract import load_contract
+
+    model = request_models(load_contract("configs/telco_contract.yaml"))[0]
+
+    def refused(value) -> list:  # the errors about this field alone (the row is partial)
+        try:
+            model.model_validate({"SeniorCitizen": value})
+        except ValidationError as e:
+            return [x for x in e.errors() if x["loc"][0] == "SeniorCitizen"]
+        return []
+
+    assert refused(0) == [] and refused("1") == []
+    assert refused(2) and refused(True)
+
+
 def test_a_number_sent_for_a_text_column_is_its_text(contract):
     """An id in digits is text in the contract (`contract infer` drafts it so); a client that
     sends it as a JSON number gets it read as a file's would be, not a 422."""

@@ -92,15 +92,21 @@ def _column(values: pd.Series, rows: int) -> tuple[dict[str, Any], list[str]]:
     dates = pd.to_datetime(present, errors="coerce", format="ISO8601")
     distinct = present.unique()
     numeric = bool(len(present)) and numbers.notna().all() and len(distinct) > 2
-    # An identifier is text whatever its digits: numbers named like one and all distinct (as a
-    # feature, a model would learn from it), or too large for a float64 to hold exactly.
-    identifier = numeric and (
-        numbers.abs().max() > MAX_SAFE_INTEGER
-        or (ID_NAME.fullmatch(str(values.name)) is not None and len(distinct) == rows)
+    # An identifier is text whatever its digits: whole numbers written as digits, named like one
+    # and all distinct (as a feature, a model would learn from it), or too large for a float64
+    # to hold exactly (a measurement that large is written 1.5e+20, not in digits).
+    whole = numeric and (numbers == numbers.round()).all()
+    identifier = (
+        whole
+        and present.str.fullmatch(r"[+-]?\d+").all()
+        and (
+            numbers.abs().max() > MAX_SAFE_INTEGER
+            or (ID_NAME.fullmatch(str(values.name)) is not None and len(distinct) == rows)
+        )
     )
     if numeric and not identifier:
-        integral = (numbers == numbers.round()).all()
-        spec["type"] = "integer" if integral else "float"
+        exact = numbers.abs().max() <= MAX_SAFE_INTEGER  # else float64's integers are rounded
+        spec["type"] = "integer" if whole and exact else "float"
         # Head-room beyond what the sample showed: half the observed span each way, and a
         # column never seen negative stays non-negative.
         low, high = float(numbers.min()), float(numbers.max())
@@ -155,9 +161,16 @@ def infer(
             if spec["type"] != "category" or len(spec["allowed"]) != 2:
                 raise DataError(f"{path}: label {label!r} must have exactly two values")
             spec.update(roles=["label"], positive=_positive(spec["allowed"]))
-        elif spec.pop("unique", False) and id_column is None:
-            id_column = column
-            spec.update(unique=True, roles=["id"])
+        elif spec.pop("unique", False):
+            spec["unique"] = True
+            if id_column is None:
+                id_column = column
+                spec["roles"] = ["id"]
+            else:  # distinct in every row: as a feature, a model could only memorise it
+                spec["roles"] = []
+                notes[column].append(
+                    f"distinct in every row, like the id {id_column!r}: drafted with no role"
+                )
         elif column.lower().replace("_", "") in SENSITIVE_NAMES:
             spec["roles"] = ["sensitive"]
         elif spec["type"] == "date":

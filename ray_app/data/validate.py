@@ -33,7 +33,6 @@ from ray_app.data.ingest import (
     reading,
     unreadable,
 )
-from ray_app.errors import RayAppError
 
 MAX_EXAMPLES = 5
 ROW_COUNT = "row_count"
@@ -51,7 +50,7 @@ PARSE_HINTS = {
 BOOKKEEPING = (ROW_COUNT, UNIQUE, PROFILE, VALUES, DATA_ERROR, TASK_ERROR)
 
 
-class ValidationTaskError(RayAppError, RuntimeError):
+class ValidationTaskError(RuntimeError):
     """A validation task that failed for a reason other than the data: a bug, out of memory,
     a lost worker. The message says which, with the task's error."""
 

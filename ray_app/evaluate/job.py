@@ -127,7 +127,8 @@ def _incomparable(champ: LoadedModel, candidate: LoadedModel, test: pd.DataFrame
     invert its scores; a column it reads may be gone)."""
     was, now = champ.contract, candidate.contract
     about = f"production v{champ.version} and the candidate cannot be compared on one test set"
-    if (was.label_column, was.positive_label) != (now.label_column, now.positive_label):
+    # as text: a label typed integer in one contract and category in the other is one label
+    if (was.label_column, str(was.positive_label)) != (now.label_column, str(now.positive_label)):
         return (
             f"{about}: it predicts {was.label_column}={was.positive_label!r}, the candidate "
             f"{now.label_column}={now.positive_label!r}"

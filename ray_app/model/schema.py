@@ -14,7 +14,15 @@ import operator
 from typing import Annotated, Any, Literal
 
 import pandas as pd
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    create_model,
+    model_validator,
+)
 
 from ray_app.data.contract import ColumnSpec, Contract, Rule
 from ray_app.data.ingest import MAX_SAFE_INTEGER
@@ -41,8 +49,15 @@ def _not_after_today(value: dt.date | None) -> dt.date | None:
     return value
 
 
+def _as_text(value: Any) -> Any:
+    """A number sent for a text column's allowed values is its text, as a file's would be."""
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
 def _field(name: str, spec: ColumnSpec) -> tuple[Any, Any]:
     kind: Any = Literal[tuple(spec.allowed)] if spec.allowed else _PY_TYPES.get(spec.type, str)
+    if spec.allowed and spec.type in ("string", "category"):
+        kind = Annotated[kind, BeforeValidator(_as_text)]
     bounds: dict[str, Any] = {}
     if spec.type in ("integer", "float", "date"):
         bounds = {"ge": spec.min, "le": None if spec.max == "today" else spec.max}
