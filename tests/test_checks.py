@@ -82,7 +82,9 @@ def test_a_segment_where_the_model_is_blind_fails_and_is_named():
         y,
         proba,
         ["plan", "age"],
-        gate.Slices(min_roc_auc=0.7, min_rows=50, bins={"age": [18, 40, 60, 81]}),
+        gate.Slices(
+            min_roc_auc=0.7, min_rows=50, min_class_rows=20, bins={"age": [18, 40, 60, 81]}
+        ),
     )
     failed = [r for r in results if not r.passed]
     assert [r.name for r in failed] == ["plan=premium"]
@@ -93,9 +95,30 @@ def test_a_segment_where_the_model_is_blind_fails_and_is_named():
 def test_tiny_segments_are_reported_not_failed():
     y, truth, frame = _world(n=2_000)
     results = checks.slices(
-        frame, y, truth, ["age"], gate.Slices(min_roc_auc=0.99, min_rows=10_000, bins={})
+        frame,
+        y,
+        truth,
+        ["age"],
+        gate.Slices(min_roc_auc=0.99, min_rows=10_000, min_class_rows=20, bins={}),
     )
     assert all(r.passed and "not judged" in r.reason for r in results)
+
+
+def test_a_segment_with_a_handful_of_positives_is_reported_not_judged():
+    """ROC-AUC on 5 positives swings by tenths between samples: a verdict would be noise."""
+    y, truth, frame = _world(n=5_000)
+    rare = (frame.plan == "premium").to_numpy()
+    y[rare] = 0
+    y[np.flatnonzero(rare)[:5]] = 1  # 5 churners among the premium customers
+    proba = truth.copy()
+    proba[rare] = np.random.default_rng(2).random(rare.sum())  # and the model blind there
+    limits = gate.Slices(min_roc_auc=0.7, min_rows=50, min_class_rows=20, bins={})
+    (premium,) = [
+        r for r in checks.slices(frame, y, proba, ["plan"], limits) if "premium" in r.name
+    ]
+    assert premium.passed and premium.reason.endswith(
+        "5 positive, not judged (needs 50 rows and 20 of each class)"
+    ), premium.reason
 
 
 def test_miscalibrated_model_fails_calibration_with_its_curve():

@@ -125,17 +125,19 @@ def slices(
     limits: gate.Slices,
 ) -> list[CheckResult]:
     """`min_roc_auc` per segment of every slice column; segments too small to judge
-    (`min_rows`, or one class only) are reported and not failed."""
-    floor, min_rows = limits.min_roc_auc, limits.min_rows
+    (`min_rows`, or fewer than `min_class_rows` of either class) are reported, not failed."""
+    floor, min_rows, min_class = limits.min_roc_auc, limits.min_rows, limits.min_class_rows
     out = []
     for column in columns:
         labels = slice_labels(frame, column, limits.bins.get(column))
         for segment in sorted(labels.unique()):
             mask = (labels == segment).to_numpy()
             name = f"{column}={segment}"
-            if mask.sum() < min_rows or len(np.unique(y[mask])) < 2:
+            positives = int(y[mask].sum())
+            if mask.sum() < min_rows or min(positives, mask.sum() - positives) < min_class:
                 reason = (
-                    f"{name}: {int(mask.sum())} rows, not judged (needs {min_rows}, both classes)"
+                    f"{name}: {int(mask.sum())} rows, {positives} positive, not judged (needs "
+                    f"{min_rows} rows and {min_class} of each class)"
                 )
                 out.append(
                     CheckResult("slices", name, True, reason, details={"rows": int(mask.sum())})

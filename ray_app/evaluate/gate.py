@@ -33,6 +33,7 @@ Positive = Annotated[int, Field(gt=0)]
 class Slices(Strict):
     min_roc_auc: Share
     min_rows: Positive
+    min_class_rows: Positive  # of each class: ROC-AUC on a handful of positives is noise
     bins: dict[str, list[int | float]]  # ints stay ints: they name the segments
 
 
