@@ -159,7 +159,11 @@ def test_better_challenger_passes_and_first_model_needs_no_champion(limits):
 
 
 FAIRNESS = gate.Fairness(
-    min_demographic_parity_ratio=0.8, min_equalized_odds_ratio=0.7, min_rows=100, columns={}
+    min_demographic_parity_ratio=0.8,
+    min_equalized_odds_ratio=0.7,
+    min_rows=100,
+    min_class_rows=20,
+    columns={},
 )
 
 
@@ -176,19 +180,21 @@ def test_model_biased_against_one_group_fails_fairness():
     assert "selection rate female 0.000" in results[0].reason
 
 
-def test_a_group_with_one_class_counts_for_the_rate_it_has():
-    """A group with no positives has no true-positive rate: fairlearn's 0 would make the
-    equalized-odds ratio 0 for any model. It counts for the false-positive rate only."""
+def test_a_group_with_few_of_a_class_counts_for_the_other_rate_only():
+    """A group with no positives has no true-positive rate (fairlearn's 0 would make the
+    equalized-odds ratio 0 for any model), and one with 5 a noisy one: it counts for the
+    false-positive rate only."""
     y, truth, frame = _world()
     frame["region"] = np.where(np.arange(len(y)) % 10 == 0, "island", "mainland")
     island = (frame.region == "island").to_numpy()
-    y[island] = 0  # nobody there has churned yet
+    y[island] = 0
+    y[np.flatnonzero(island)[:5]] = 1  # 5 churners there: a TPR of 0, 0.2 ... 1.0, noise
     fair = (truth >= 0.5).astype(int)
     alarms = fair[~island & (y == 0)].mean()  # as many false alarms there as elsewhere
     fair[island] = np.random.default_rng(5).random(island.sum()) < alarms
     limits = FAIRNESS.model_copy(update={"columns": {"region": ["equalized_odds"]}})
     (odds,) = checks.fairness(frame, y, fair, [], limits)
-    assert odds.passed and "['island'] lack a class" in odds.reason, odds.reason
+    assert odds.passed and "['island'] have under 20 of a class" in odds.reason, odds.reason
     never = np.zeros_like(y)  # no positives predicted at all: equal rates, not NaN
     parity, _ = checks.fairness(frame, y, never, ["region"], FAIRNESS)
     assert parity.value == 1.0 and parity.passed, parity.reason

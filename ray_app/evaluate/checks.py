@@ -196,17 +196,22 @@ def fairness(
         by_group = mf.by_group
         rates = ", ".join(f"{g} {v:.3f}" for g, v in by_group["selection_rate"].items())
         details = {"by_group": by_group.to_dict(), "rows": counts.to_dict()}
-        # A group with no positives has no TPR (fairlearn reports 0, a ratio of 0 that no
-        # model could pass), one with no negatives no FPR: each rate compares the groups that
-        # have one.
+        # A group without positives has no TPR (fairlearn reports 0, a ratio of 0 that no
+        # model could pass), and one with a handful a noisy one; likewise negatives and FPR.
+        # Each rate compares the groups with `min_class_rows` of its class.
         classes = pd.crosstab(groups[mask], y[mask]).reindex(columns=[0, 1], fill_value=0)
-        tpr = by_group.loc[classes.index[classes[1] > 0], "tpr"]
-        fpr = by_group.loc[classes.index[classes[0] > 0], "fpr"]
+        enough = classes >= limits.min_class_rows
+        tpr = by_group.loc[classes.index[enough[1]], "tpr"]
+        fpr = by_group.loc[classes.index[enough[0]], "fpr"]
         dp = _ratio(by_group["selection_rate"])
         eo = min(_ratio(tpr), _ratio(fpr))
         dp_ok, eo_ok = dp >= dp_floor, eo >= eo_floor
-        lacking = [str(g) for g, row in classes.iterrows() if row.min() == 0]
-        partial = f"; {lacking} lack a class and count for one rate only" if lacking else ""
+        short = [str(g) for g, row in enough.iterrows() if not row.all()]
+        partial = (
+            f"; {short} have under {limits.min_class_rows} of a class and count for one rate only"
+            if short
+            else ""
+        )
         verdicts = {
             DEMOGRAPHIC_PARITY: (
                 f"{column} demographic parity",

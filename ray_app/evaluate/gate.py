@@ -41,6 +41,7 @@ class Fairness(Strict):
     min_demographic_parity_ratio: Share
     min_equalized_odds_ratio: Share
     min_rows: Positive
+    min_class_rows: Positive  # a group's TPR needs this many positives, its FPR negatives
     columns: dict[str, list[Criterion]]  # empty: the contract's sensitive columns, both
 
     @field_validator("columns", mode="before")
