@@ -65,6 +65,10 @@ def _base() -> dict:
             "its two class values",
         ),
         (lambda c: c["columns"]["x"].update(type="decimal"), "columns.x.type"),
+        (  # YAML 1.1 reads an unquoted Yes/No as true/false: every row would fail its set
+            lambda c: c["columns"]["y"].update(allowed=[True, False], positive=True),
+            r"allowed values \[True, False\] were read by YAML as booleans",
+        ),
         (  # a bound of the wrong kind, which every batch's check would fail on with a TypeError
             lambda c: c["columns"]["x"].update(min="2015-01-01"),
             "min/max of a float column must be a number, not datetime.date",

@@ -73,6 +73,11 @@ class ColumnSpec(BaseModel):
         if both:
             raise ValueError(f"values {both} are both allowed and in null_values")
         if self.type in ("category", "string"):
+            if flags := [v for v in self.allowed or [] if isinstance(v, bool)]:
+                raise ValueError(
+                    f"allowed values {flags} were read by YAML as booleans (unquoted yes/no, "
+                    "on/off, true/false): quote them, e.g. ['Yes', 'No'], as the data spells them"
+                )
             # Text columns are compared as text, even where YAML wrote a value as a number.
             if self.allowed is not None:
                 self.allowed = [str(v) for v in self.allowed]
