@@ -758,8 +758,6 @@ def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     not a traceback, whichever command raised it: the project's own errors (`RayAppError`),
     a service or cluster that does not answer, and an MLflow that cannot be reached or
     refuses a call, naming the tracking URI (redacted)."""
-    import requests
-
     from ray_app.config import redact_url, redact_urls_in
     from ray_app.errors import RayAppError
 
