@@ -3,7 +3,7 @@ process: same model, same machine, same run; each side in its own fresh process.
 
 Workload: `model.batch.batch_predict` on a Parquet table, from a driver joined to a local Ray of
 2 CPUs started before the clock (as a job joins a running cluster): Ray Data reads, the
-contract's row checks, the scoring actors, Parquet out, the quarantine split. Timed twice on a
+contract's row checks, the scoring tasks, Parquet out, the quarantine split. Timed twice on a
 new Ray: the first call (cold: every Ray worker process starts and imports, as for a one-off
 `ray job submit`), then again (warm: a notebook scoring a second table on the same session).
 The fixed cost is the same call on 1,000 rows, warm.
@@ -186,7 +186,7 @@ def main() -> None:
         record(
             Comparison(
                 "batch_scoring",
-                "rayapp batch-predict (Ray Data read, contract row checks, scoring actors, "
+                "rayapp batch-predict (Ray Data read, contract row checks, scoring tasks, "
                 "Parquet out), driver joined to a running 2-CPU Ray",
                 "plain xgboost: pandas reads the Parquet file, features.transform, "
                 "booster.inplace_predict, one process",
@@ -197,7 +197,7 @@ def main() -> None:
             table,
             notes="Same model and rows, same 2-core machine, same run; each side in a fresh "
             "process. The batch path also parses and checks every row against the contract's "
-            "row-level rules (`data.rules`), starts Ray Data's tasks and the scoring actors and "
+            "row-level rules (`data.rules`), runs Ray Data's read, scoring and write tasks and "
             "writes Parquet; the baseline does none of these. Cold: the first call (for batch "
             "scoring, on a new Ray whose worker processes start and import); warm: the second "
             "call in the same process. Memory over idle "

@@ -592,10 +592,6 @@ def batch_predict_command(
     model: Annotated[str, typer.Option(help="NAME@ALIAS or NAME/VERSION (a name: production)")],
     data: Annotated[Path, typer.Option(help="CSV or Parquet table to score")],
     out: Annotated[Path, typer.Option(help="Parquet folder to write (must not exist)")],
-    actors: Annotated[
-        int,
-        typer.Option(min=1, help="scoring actors (half a CPU each); raise it with the cores"),
-    ] = 2,
     address: AddressOption = None,
 ) -> None:
     """Score a table through Ray Data with the one scoring path; the model version and data
@@ -608,7 +604,7 @@ def batch_predict_command(
     tracking.configure()
     init_ray(address)
     try:
-        result = batch_predict(model, data, out, actors=actors)
+        result = batch_predict(model, data, out)
     except (RegistryError, ValueError) as e:  # ValueError: bad data (DataError) or --model
         typer.echo(f"batch-predict refused: {e}", err=True)
         raise typer.Exit(2) from None

@@ -16,7 +16,7 @@ from ray_app import registry
 from ray_app.cli import app as cli
 from ray_app.data import synth
 from ray_app.data.ingest import DataError, dataset_version
-from ray_app.model.batch import _Score, batch_predict
+from ray_app.model.batch import _score_batch, batch_predict
 from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.scoring import Scorer
@@ -200,22 +200,10 @@ def test_an_id_is_written_with_its_contract_type(result):
     frame = next(synth.generate(3, seed=2)).astype("string").astype(object)
     frame["customer_id"] = ["1001", "1002", "C1"]
     batch = pa.Table.from_pandas(frame, preserve_index=False)  # as Ray Data hands it over
-    table = _Score(Scorer.of(loaded), contract.model_dump_json(), "v1")(batch)
+    table = _score_batch(batch, Scorer.of(loaded), contract.model_dump_json(), "v1")
     assert table.schema.field("customer_id").type == pa.int64()
     assert table["customer_id"].to_pylist() == [1001, 1002, None]
     assert table["_status"].to_pylist() == ["scored", "scored", "quarantined"]
     # a batch of only bad rows has no label to infer a type from: still the label's type
-    bad = _Score(Scorer.of(loaded), contract.model_dump_json(), "v1")(batch.slice(2))
+    bad = _score_batch(batch.slice(2), Scorer.of(loaded), contract.model_dump_json(), "v1")
     assert bad.schema == table.schema and bad["label"].to_pylist() == [None]
-
-
-@pytest.mark.parametrize(
-    ("free", "pool"),
-    [(2.0, (2, 0.5)), (16.0, (2, 0.5)), (1.6, (1, 0.5)), (1.4, (1, 0.4)), (0.5, (1, 0.05))],
-)
-def test_the_pool_leaves_a_cpu_for_reading_and_writing(free, pool):
-    """On `make run`'s 2-CPU cluster, Serve holds 0.6 CPU: two half-CPU actors would take the
-    CPU the read tasks need, and the scoring would wait forever."""
-    from ray_app.model.batch import _pool
-
-    assert _pool(2, free) == pool

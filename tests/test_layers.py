@@ -115,6 +115,6 @@ def test_data_workers_import_neither_mlflow_nor_scipy():
 
 
 def test_scoring_workers_do_not_import_mlflow():
-    """What a batch-scoring actor or a Ray Data scoring task imports to unpickle its model
+    """What a Ray Data scoring task (batch scoring, `score_dataset`) imports to unpickle its model
     (XGBoost brings SciPy with scikit-learn, which is not ours to drop)."""
     assert "mlflow" not in _heavy_imports("ray_app.model.batch", "ray_app.model.scoring")

@@ -138,7 +138,7 @@ def row_reasons(
     row-level rules count here; null-fraction tolerances, uniqueness and row counts are
     properties of the whole dataset. The text is built only for the rows that break a rule.
     The `unchecked` columns are typed but judged by no rule (batch scoring's label)."""
-    contract = _contract(contract_json)
+    contract = contract_from_json(contract_json)
     typed, failures = coerce(batch, contract)
     broken = [
         (typed.index.isin(bad.index), f"{column}: not a valid {_kind(contract, column)}")
@@ -164,7 +164,7 @@ def _kind(contract: Contract, column: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _contract(contract_json: str) -> Contract:
+def contract_from_json(contract_json: str) -> Contract:
     """A contract sent to a worker as JSON, parsed once per process."""
     return Contract.model_validate_json(contract_json)
 
@@ -182,7 +182,7 @@ def validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
 
 
 def _validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
-    contract = _contract(contract_json)
+    contract = contract_from_json(contract_json)
     typed, failures = coerce(batch, contract)
     out = [_row(ROW_COUNT, "", 0, [], rows=len(batch))]
     if contract.reference is not None:

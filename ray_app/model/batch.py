@@ -1,6 +1,6 @@
 """Batch scoring: a table through the one scoring path in Ray Data, the model loaded once (by
-the driver) and held by every scoring actor, every output row stamped with the model version
-and the data version it came from.
+the driver) and sent to every scoring task through the object store, every output row stamped
+with the model version and the data version it came from.
 
 Rows are checked against the contract's row-level rules first (`data.validate.row_reasons`,
 the rules ingestion quarantines by); a row that breaks one is never scored but written, as it
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray.data
 
@@ -42,7 +43,7 @@ from ray_app.data.ingest import (
     reading,
 )
 from ray_app.data.quarantine import held
-from ray_app.data.validate import row_reasons
+from ray_app.data.validate import contract_from_json, row_reasons
 from ray_app.model.scoring import Scorer
 
 PROBABILITY, LABEL = "probability", "label"
@@ -54,16 +55,17 @@ STATUS, SCORED, QUARANTINED = "_status", "scored", "quarantined"
 BATCH_ROWS = 50_000
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://, gs://, file:/ (a Path keeps one slash)
 # Blocks of 32 MiB (~250k rows here): a 1M-row file read as one block (the V2 reader's 128 MiB)
-# is scored by one actor alone (measured: 6.8-7.3 s against 5.8-6.3 s), and the V1 reader's
-# 1 MiB blocks are 124 tasks to schedule (warm: 7.4-8.0 s against 4.1-5.0 s). The bound on what
-# a read worker holds, too.
+# is scored by one task alone, and the V1 reader's 1 MiB blocks are 124 tasks to schedule
+# (measured with scoring actors: 6.8-7.3 s and, warm, 7.4-8.0 s against 5.8-6.3 and 4.1-5.0 s).
+# The bound on what a read worker holds, too.
 BLOCK_BYTES = 32 << 20
-# The scoring actors are a fixed pool of half a CPU each. Ray Data's read and write tasks take a
-# whole CPU: with whole-CPU actors, two would hold a 2-CPU node and no block would ever be read
-# (measured: it hangs); a pool left to grow from one never did, the reads and writes holding
-# the CPUs (measured at 10M rows: 31 s against 23 s for two actors from the start).
-ACTOR_CPUS = 0.5
-TASK_CPUS = 1.0  # what a Ray Data read or write task asks for
+# Scoring runs in Ray Data tasks of a CPU each, as its read and write tasks do, not in a pool
+# of actors holding the model: every actor is a new Ray process that imports xgboost before
+# its first row (1.7 s here), where tasks reuse the cluster's idle worker processes. Measured
+# on 2 CPUs, warm, against two half-CPU actors: 1M rows in 2.3-2.6 s against 6.0-6.7 s, and
+# 1,000 rows in 0.2 s against 2.9 s. The model travels once to the object store; each task
+# (a block) deserialises it, a few milliseconds.
+SCORE_CPUS = 1.0
 
 
 @dataclass
@@ -101,39 +103,35 @@ def scoring_contract(contract: Contract, source: Source) -> Contract:
     return contract.model_copy(update={"columns": relaxed})
 
 
-class _Score:
-    """A Ray Data actor: holds the model once, then checks and scores batch after batch. The
-    model comes from the driver, which resolved and loaded it once, through the object store:
-    every actor scores with the same version's bytes, and none asks MLflow again."""
-
-    def __init__(self, scorer: Scorer, contract_json: str, data_version: str):
-        self.scorer, self.contract_json = scorer, contract_json
-        self.contract = Contract.model_validate_json(contract_json)
-        self.unchecked = (self.contract.label_column,)  # the model never reads it
-        self.versions = f"{scorer.model.name}/{scorer.model.version}", data_version
-        self.schema = output_schema(self.contract, scorer).append(pa.field(STATUS, pa.string()))
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        checked = _as_contract(as_frame(batch), self.contract)
-        typed, reasons = row_reasons(checked, self.contract_json, self.unchecked)
-        good = reasons == ""
-        proba = np.full(len(typed), np.nan)
-        if good.any():  # the usual batch, all good, is scored without a copy
-            proba[good] = self.scorer.proba(typed if good.all() else typed[good])
-        labels = np.where(good, self.scorer.labels(proba).astype(object), None)
-        ids = self.contract.id_column
-        columns = {ids: arrow_column(typed[ids], self.contract.columns[ids].type)} if ids else {}
-        return pa.table(
-            {
-                **columns,
-                PROBABILITY: proba,
-                LABEL: labels,
-                MODEL_VERSION: pa.repeat(self.versions[0], len(typed)),
-                DATA_VERSION: pa.repeat(self.versions[1], len(typed)),
-                STATUS: np.where(good, SCORED, QUARANTINED),
-            },
-            schema=self.schema,
-        )
+def _score_batch(
+    batch: pa.Table, scorer: Scorer, contract_json: str, data_version: str
+) -> pa.Table:
+    """A Ray Data task's batch, checked and its good rows scored: every row with its id,
+    probability and label (null for a row that broke the contract), the versions and its
+    status."""
+    contract = contract_from_json(contract_json)
+    checked = _as_contract(as_frame(batch), contract)
+    typed, reasons = row_reasons(checked, contract_json, (contract.label_column,))
+    good = reasons == ""
+    proba = np.full(len(typed), np.nan)
+    if good.any():  # the usual batch, all good, is scored without a copy
+        proba[good] = scorer.proba(typed if good.all() else typed[good])
+    schema = output_schema(contract, scorer)
+    kept = pa.array(good)
+    labels = pc.if_else(kept, pa.array(scorer.labels(proba), schema.field(LABEL).type), None)
+    ids = contract.id_column
+    columns = {ids: arrow_column(typed[ids], contract.columns[ids].type)} if ids else {}
+    return pa.table(
+        {
+            **columns,
+            PROBABILITY: proba,
+            LABEL: labels,
+            MODEL_VERSION: pa.repeat(f"{scorer.model.name}/{scorer.model.version}", len(typed)),
+            DATA_VERSION: pa.repeat(data_version, len(typed)),
+            STATUS: pc.if_else(kept, SCORED, QUARANTINED),
+        },
+        schema=schema.append(pa.field(STATUS, pa.string())),
+    )
 
 
 def output_schema(contract: Contract, scorer: Scorer) -> pa.Schema:
@@ -163,7 +161,7 @@ def _quarantined(batch: pa.Table, contract_json: str) -> pa.Table:
     """The batch's rows that break the contract, as read (only the columns the table has),
     with the reason; checked as the scoring pass checked them."""
     frame = as_frame(batch)
-    contract = Contract.model_validate_json(contract_json)
+    contract = contract_from_json(contract_json)
     checked = _as_contract(frame, contract)
     reasons = row_reasons(checked, contract_json, (contract.label_column,))[1]
     bad = reasons != ""
@@ -174,18 +172,17 @@ def batch_predict(
     model: str,
     data: str | Path,
     out: str | Path,
-    actors: int = 2,
     batch_rows: int = BATCH_ROWS,
 ) -> BatchResult:
     """Score `data` (CSV or Parquet) with `model` (name@alias, name/version) into a Parquet
     folder `out`: the id, probability, label, model and data version per row; rows that
-    break the contract go to `<out>.quarantine/` with the reason. `actors`: how many scoring
-    actors hold the model (half a CPU each)."""
+    break the contract go to `<out>.quarantine/` with the reason. Ray Data runs as many
+    scoring tasks at once as the cluster has CPUs free."""
     started = time.perf_counter()
     _local_paths(data, out)
     out, bad_out = Path(out).resolve(), Path(f"{Path(out).resolve()}.quarantine")
-    # Imported here, not above: the scoring actors import this module and have no use for
-    # the registry or MLflow (0.8 s more to start each one).
+    # Imported here, not above: the scoring tasks import this module and have no use for
+    # the registry or MLflow (0.8 s more in each worker process).
     from ray_app.model.logged import load
     from ray_app.model.ref import ModelRef
 
@@ -197,7 +194,7 @@ def batch_predict(
             raise DataError(f"{out} is inside the folder it scores ({source.path})")
         contract = scoring_contract(loaded.contract, source)
         written, quarantined = _score(
-            source, contract, Scorer.of(loaded), (out, bad_out), actors, batch_rows
+            source, contract, Scorer.of(loaded), (out, bad_out), batch_rows
         )
     return BatchResult(
         f"{name}/{version}",
@@ -216,23 +213,24 @@ def _score(
     contract: Contract,
     scorer: Scorer,
     targets: tuple[Path, Path],
-    actors: int,
     batch_rows: int,
 ) -> tuple[int, int]:
     """The scoring pass into a staging folder beside `out`, then the quarantine pass where
     rows broke the contract; the rows written to each of `targets` (out, quarantine)."""
     out, bad_out = targets
-    pool, cpus = _pool(actors, ray.available_resources().get("CPU", 0.0))
     staging = out.with_name(f".tmp-{out.name}-{uuid.uuid4().hex[:8]}")
     try:
-        with _blocks_of(BLOCK_BYTES), reading(source):
+        with _execution(BLOCK_BYTES), reading(source):
             read_raw(source, contract).map_batches(
-                _Score,
-                fn_constructor_args=(scorer, contract.model_dump_json(), source.version),
+                _score_batch,
+                fn_kwargs={
+                    "scorer": scorer,
+                    "contract_json": contract.model_dump_json(),
+                    "data_version": source.version,
+                },
                 batch_format="pyarrow",
                 batch_size=batch_rows,
-                compute=ray.data.ActorPoolStrategy(size=pool),
-                num_cpus=cpus,
+                num_cpus=SCORE_CPUS,
             ).write_parquet(
                 on_this_node(staging), partition_cols=[STATUS], ray_remote_args=pinned_args()
             )
@@ -305,30 +303,24 @@ def _claimed(out: Path, bad_out: Path) -> Iterator[None]:
         bad_out.rmdir()
 
 
-def _pool(actors: int, free_cpus: float) -> tuple[int, float]:
-    """How many scoring actors, at how much CPU each, beside a CPU for the read and write tasks
-    in what the cluster has free (a Serve app may hold some): a pool that took that last CPU
-    would leave no block ever read. Fewer actors where `actors` do not fit, and one smaller
-    actor where not even one does; with no CPU to spare at all, one actor that asks for little,
-    so that an autoscaler adding nodes, not this pool, decides."""
-    spare = free_cpus - TASK_CPUS
-    fits = int(spare // ACTOR_CPUS)
-    if fits >= 1:
-        return min(actors, fits), ACTOR_CPUS
-    return 1, max(round(spare, 2), 0.05)
-
-
 @contextmanager
-def _blocks_of(size: int) -> Iterator[None]:
-    """Ray Data's blocks at `size`, no larger and no smaller (`target_max_block_size`,
-    `target_min_block_size`), for the datasets built and run inside: session settings."""
+def _execution(block_bytes: int) -> Iterator[None]:
+    """Ray Data's settings for the datasets built and run inside (session settings, restored
+    after): blocks of `block_bytes`, no larger and no smaller (`target_max_block_size`,
+    `target_min_block_size`), and no share of the CPUs reserved per operator
+    (`op_resource_reservation_enabled`). With the reservation, the write operator's share on 2
+    CPUs left one scoring task running at a time (measured, 1M rows warm: 3.6-4.0 s against
+    2.3-2.6 s); backpressure on the object store still bounds what is held."""
     context = ray.data.DataContext.get_current()
-    before = context.target_max_block_size, context.target_min_block_size
-    context.target_max_block_size = context.target_min_block_size = size
+    settings = ("target_max_block_size", "target_min_block_size", "op_resource_reservation_enabled")
+    before = [getattr(context, name) for name in settings]
+    context.target_max_block_size = context.target_min_block_size = block_bytes
+    context.op_resource_reservation_enabled = False
     try:
         yield
     finally:
-        context.target_max_block_size, context.target_min_block_size = before
+        for name, value in zip(settings, before, strict=True):
+            setattr(context, name, value)
 
 
 def _rows(folder: Path) -> int:

@@ -1,8 +1,8 @@
 """A model version in memory: its booster, features, contract, decision threshold and
 lineage, built from the model's two files (XGBoost's own and the fitted features).
 
-Nothing here imports MLflow: the processes that only score (batch scoring's actors, Ray Data
-scoring tasks) receive a `LoadedModel` and would otherwise import MLflow for nothing (0.8 s
+Nothing here imports MLflow: the processes that only score (the Ray Data tasks of batch scoring
+and `score_dataset`) receive a `LoadedModel` and would otherwise import MLflow for nothing (0.8 s
 per process, measured in a Ray worker). Reading a model from the
 registry and logging one into a run is `model.logged`.
 """
