@@ -207,3 +207,20 @@ def test_an_id_is_written_with_its_contract_type(result):
     # a batch of only bad rows has no label to infer a type from: still the label's type
     bad = _score_batch(batch.slice(2), Scorer.of(loaded), contract.model_dump_json(), "v1")
     assert bad.schema == table.schema and bad["label"].to_pylist() == [None]
+
+
+def test_the_execution_settings_are_put_back_even_when_scoring_fails():
+    """They are session-wide: a failed run must not leave the next dataset of a notebook
+    without Ray Data's resource budgets or with 32 MiB blocks."""
+    import ray.data
+
+    from ray_app.model.batch import _execution
+
+    context = ray.data.DataContext.get_current()
+    names = ("target_max_block_size", "target_min_block_size", "op_resource_reservation_enabled")
+    before = [getattr(context, name) for name in names]
+    with pytest.raises(RuntimeError, match="scoring failed"), _execution(1 << 20):
+        assert context.op_resource_reservation_enabled is False
+        assert context.target_max_block_size == context.target_min_block_size == 1 << 20
+        raise RuntimeError("scoring failed")
+    assert [getattr(context, name) for name in names] == before

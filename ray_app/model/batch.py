@@ -59,12 +59,12 @@ URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://, gs://, file:/ (a Path 
 # (measured with scoring actors: 6.8-7.3 s and, warm, 7.4-8.0 s against 5.8-6.3 and 4.1-5.0 s).
 # The bound on what a read worker holds, too.
 BLOCK_BYTES = 32 << 20
-# Scoring runs in Ray Data tasks of a CPU each, as its read and write tasks do, not in a pool
-# of actors holding the model: every actor is a new Ray process that imports xgboost before
-# its first row (1.7 s here), where tasks reuse the cluster's idle worker processes. Measured
-# on 2 CPUs, warm, against two half-CPU actors: 1M rows in 2.3-2.6 s against 6.0-6.7 s, and
-# 1,000 rows in 0.2 s against 2.9 s. The model travels once to the object store; each task
-# (a block) deserialises it, a few milliseconds.
+# Scoring runs in Ray Data tasks of a CPU each, not in a pool of actors holding the model:
+# every actor is a new Ray process that imports xgboost before its first row (1.7 s here),
+# where tasks reuse the cluster's idle worker processes. Measured on 2 CPUs, warm, against two
+# half-CPU actors: 1M rows in 2.3-2.6 s against 6.0-6.7 s, and 1,000 rows in 0.2 s against
+# 2.9 s. The model travels once to the object store; each task (a block) deserialises it, a
+# few milliseconds.
 SCORE_CPUS = 1.0
 
 
@@ -307,10 +307,15 @@ def _claimed(out: Path, bad_out: Path) -> Iterator[None]:
 def _execution(block_bytes: int) -> Iterator[None]:
     """Ray Data's settings for the datasets built and run inside (session settings, restored
     after): blocks of `block_bytes`, no larger and no smaller (`target_max_block_size`,
-    `target_min_block_size`), and no share of the CPUs reserved per operator
-    (`op_resource_reservation_enabled`). With the reservation, the write operator's share on 2
-    CPUs left one scoring task running at a time (measured, 1M rows warm: 3.6-4.0 s against
-    2.3-2.6 s); backpressure on the object store still bounds what is held."""
+    `target_min_block_size`), and no per-operator resource budgets
+    (`op_resource_reservation_enabled`). Those budgets reserve a whole task's CPU for the
+    write operator, which on 2 CPUs left one scoring task running at a time (measured, 1M rows
+    warm: 3.6-4.0 s against 2.3-2.6 s; a lower `op_resource_reservation_ratio` did not
+    change it). Without them, what is held stays bounded by Ray Data's downstream-capacity
+    backpressure: an operator whose queue holds more than twice what the next one has in
+    flight gets no more input (and a task that asks for a CPU waits for one). Ray calls the
+    switch a kill-switch it means to remove; on a Ray without it, this is the place to
+    revisit."""
     context = ray.data.DataContext.get_current()
     settings = ("target_max_block_size", "target_min_block_size", "op_resource_reservation_enabled")
     before = [getattr(context, name) for name in settings]
