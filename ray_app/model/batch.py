@@ -61,10 +61,11 @@ URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://, gs://, file:/ (a Path 
 BLOCK_BYTES = 32 << 20
 # Scoring runs in Ray Data tasks of a CPU each, not in a pool of actors holding the model:
 # every actor is a new Ray process that imports xgboost before its first row (1.7 s here),
-# where tasks reuse the cluster's idle worker processes. Measured on 2 CPUs, warm, against two
-# half-CPU actors: 1M rows in 2.3-2.6 s against 6.0-6.7 s, and 1,000 rows in 0.2 s against
-# 2.9 s. The model travels once to the object store; each task (a block) deserialises it, a
-# few milliseconds.
+# where tasks reuse the job's idle worker processes. Measured on 2 CPUs, warm (a second call
+# from the same driver), against two half-CPU actors: 1M rows in 2.3-2.6 s against 6.0-6.7 s,
+# and 1,000 rows in 0.2 s against 2.9 s. A new job (a CLI command) starts its own workers
+# either way: 2.8 s against 2.9-3.0 s for 1,000 rows. The model travels once to the object
+# store; each task (a block) deserialises it, a few milliseconds.
 SCORE_CPUS = 1.0
 
 
