@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+import xgboost as xgb
 from mlflow.tracking import MlflowClient
+from ray import tune
 
 from ray_app import registry, tracking
 from ray_app.config import SearchConfig
@@ -25,6 +28,7 @@ from ray_app.model.logged import load
 from ray_app.registry import CANDIDATE
 from ray_app.tuning import space
 from ray_app.tuning.search import SEARCH_FILE, SearchError, run_search, searches_root
+from ray_app.tuning.trials import MODEL_FILE, TRAINED, TrialData, single_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -285,6 +289,40 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint(ray_session, version, tm
     assert restarts[-1]["rounds"] > 20  # resumed from a checkpoint, not from round 0
 
 
+def test_a_trial_that_dies_after_its_final_report_is_not_trained_again(
+    ray_session, pipeline_config, tmp_path
+):
+    """Its driver's death (or its own) between the final checkpoint and Tune recording the
+    trial as done: the retry restores that checkpoint, with nothing left to train."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3)).astype(np.float32)
+    y = (x[:, 0] + rng.normal(scale=0.5, size=400) > 0).astype(int)
+    data = TrialData(x[:300], y[:300], x[300:], y[300:], ["a", "b", "c"])
+    settings = _search(num_boost_round=30, early_stopping_rounds=None, asha={"enabled": False})
+
+    def dies_once(config: dict) -> None:
+        first = tune.get_checkpoint() is None
+        single_trial(config, data, settings, pipeline_config.train.params)
+        if first:
+            raise RuntimeError("died after its final report")
+
+    tuner = tune.Tuner(
+        dies_once,
+        param_space={"max_depth": 3, "eta": 0.3},
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=0,
+        ),
+    )
+    (result,) = tuner.fit()
+    assert result.error is None
+    assert result.metrics[TRAINED] == 1 and result.metrics["rounds"] == 30
+    assert result.metrics["iterations_since_restore"] == 1  # the final report, sent again
+    with result.checkpoint.as_directory() as d:
+        assert xgb.Booster(model_file=str(Path(d) / MODEL_FILE)).num_boosted_rounds() == 30
+
+
 def _curve_lengths(parent: str) -> dict[str, int]:
     client = MlflowClient()
     return {
@@ -335,7 +373,8 @@ def test_killed_search_resumes_without_redoing_finished_trials(
     result = run_search(pipeline_config, cfg, name="killed", resume=True, log=print)
     children = _children(parent)
     finished = [r for r in children if r.info.status == "FINISHED"]
-    assert result.trials == 8 and len(finished) == 8  # one finished run per trial
+    seen = [(r.data.tags["trial_id"], r.info.status, r.data.tags.get("outcome")) for r in children]
+    assert result.trials == 8 and len(finished) == 8, seen  # one finished run per trial
     for lost in (r for r in children if r.info.status != "FINISHED"):  # begun, never saved
         assert lost.info.status == "KILLED" and lost.data.tags["outcome"].startswith("lost")
     curves_after = _curve_lengths(parent)

@@ -109,28 +109,31 @@ class _TuneReport(xgb.callback.TrainingCallback):
         self.device, self.start, self.rounds = device, start, settings.num_boost_round
         self.evals_log: dict = {}
 
-    def _report(self, model: xgb.Booster, metrics: dict, checkpoint: bool) -> None:
-        metrics = {**metrics, DEVICE_USED: self.device}
-        if not checkpoint:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            model.save_model(str(Path(d) / MODEL_FILE))
-            (Path(d) / STATE_FILE).write_text(json.dumps({ROUNDS: metrics[ROUNDS]}))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
     def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
         self.evals_log = evals_log
         done = self.start + epoch + 1
         if done % self.every == 0 and done < self.rounds:  # the last round: after_training
-            metrics = {**metrics_at(evals_log, epoch), ROUNDS: done}
-            self._report(model, metrics, checkpoint=done % self.checkpoint_every == 0)
+            metrics = {**metrics_at(evals_log, epoch), ROUNDS: done, DEVICE_USED: self.device}
+            _report(metrics, model if done % self.checkpoint_every == 0 else None)
         return False
 
     def after_training(self, model: xgb.Booster) -> xgb.Booster:
         metrics = {**summary(self.evals_log, model, self.start), TRAINED: 1}
-        self._report(model, metrics, checkpoint=True)
+        _report({**metrics, DEVICE_USED: self.device}, model)
         return model
+
+
+def _report(metrics: dict[str, Any], model: xgb.Booster | None) -> None:
+    """Reports to Tune; with `model`, checkpointed with the rounds run and, on the final
+    report, its metrics: a trial restored from that checkpoint has nothing left to train."""
+    if model is None:
+        tune.report(metrics)
+        return
+    state = {ROUNDS: metrics[ROUNDS], "final": metrics if metrics.get(TRAINED) else None}
+    with tempfile.TemporaryDirectory() as d:
+        model.save_model(str(Path(d) / MODEL_FILE))
+        (Path(d) / STATE_FILE).write_text(json.dumps(state))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def single_trial(
@@ -145,8 +148,12 @@ def single_trial(
     start, model = 0, None
     if checkpoint := tune.get_checkpoint():
         with checkpoint.as_directory() as d:
-            start = json.loads((Path(d) / STATE_FILE).read_text())[ROUNDS]
+            state = json.loads((Path(d) / STATE_FILE).read_text())
             model = xgb.Booster(model_file=str(Path(d) / MODEL_FILE))
+        if state.get("final"):  # it died (or its driver did) after its final report
+            _report(state["final"], model)
+            return
+        start = state[ROUNDS]
     boost(
         params,
         dtrain,
