@@ -2,14 +2,14 @@
 tuning and benchmarks.
 
 `boost` is the loop every model is trained with, in a Ray Train worker or in a single-process
-Tune trial: the same early-stopping rule (XGBoost's `EarlyStopping`, keeping the best round)
-and the same round counting (`summary`). Each worker trains on its shard of the transformed
-data; rank 0 saves the booster in XGBoost's own UBJ format into the run's checkpoint. Ray
-Train hears about progress at the end, every `checkpoint_every` rounds (a checkpoint that a
-worker group restarted after a failure resumes from), and every `report_every` rounds when a
-Tune trial asks: each `ray.train.report` waits for the controller's poll
-(`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`), so a report per round would cost more than the
-training itself.
+Tune trial: the same early-stopping rule (XGBoost's `EarlyStopping`, keeping the best round,
+carried across a resume from a checkpoint) and the same round counting (`summary`). Each
+worker trains on its shard of the transformed data; rank 0 saves the booster in XGBoost's own
+UBJ format into the run's checkpoint. Ray Train hears about progress at the end, every
+`checkpoint_every` rounds (a checkpoint that a worker group restarted after a failure resumes
+from), and every `report_every` rounds when a Tune trial asks: each `ray.train.report` waits
+for the controller's poll (`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`), so a report per round would
+cost more than the training itself.
 """
 
 from __future__ import annotations
@@ -72,11 +72,12 @@ def boost(
 ) -> xgb.Booster:
     """The boosting loop: validation metrics each round and, with `early_stopping_rounds`,
     a stop when `metric` (default: the last of `eval_metric`) stops improving, keeping the
-    model at its best round. `callbacks` run after early stopping, so they see the kept model."""
+    model at its best round. `callbacks` run after early stopping, so they see the kept model.
+    `start_from`: this run's own checkpointed model, whose early-stopping state goes on."""
     stop = (
         [
-            xgb.callback.EarlyStopping(
-                early_stopping_rounds, metric_name=metric, data_name=VALID, save_best=True
+            _EarlyStopping(
+                rounds=early_stopping_rounds, metric_name=metric, data_name=VALID, save_best=True
             )
         ]
         if early_stopping_rounds
@@ -93,12 +94,49 @@ def boost(
     )
 
 
-def summary(evals_log: dict, booster: xgb.Booster, start: int = 0) -> dict[str, float]:
+class _EarlyStopping(xgb.callback.EarlyStopping):
+    """XGBoost's early stopping, carried across a resume. Training continued from a checkpoint
+    starts its own afresh: it forgets a best round before the checkpoint and keeps a later,
+    worse one. This one starts from the best score and round that the checkpointed model
+    carries (`best_score`, `best_iteration`, which `EarlyStopping` sets on it), with the
+    rounds since then already counted, as the uninterrupted run had them."""
+
+    def before_training(self, model: xgb.Booster) -> xgb.Booster:
+        model = super().before_training(model)
+        best, at = model.attr("best_score"), model.attr("best_iteration")
+        self.carried = (float(best), int(at)) if self.starting_round and best and at else None
+        return model
+
+    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
+        if self.carried and not self.stopping_history:  # the first round after the resume
+            data = self.data or list(evals_log)[-1]
+            metric = self.metric_name or list(evals_log[data])[-1]
+            best, at = self.carried
+            self.stopping_history = {data: {metric: [best]}}
+            self.best_scores = {data: {metric: [best]}}
+            self.current_rounds = self.starting_round - 1 - at
+        return super().after_iteration(model, epoch, evals_log)
+
+
+def summary(
+    evals_log: dict, booster: xgb.Booster, dvalid: xgb.DMatrix, start: int = 0
+) -> dict[str, float]:
     """Validation metrics of the kept model, the rounds run (counting from 0 even when
-    resumed at `start`) and the rounds kept."""
+    resumed at `start`) and the rounds kept. A run resumed after its best round may keep a
+    model from before `start`, whose metrics are not in this run's log: it is evaluated."""
     trained = len(next(iter(evals_log[VALID].values())))
     kept = booster.num_boosted_rounds()
-    return {**metrics_at(evals_log, kept - start - 1), ROUNDS: start + trained, MODEL_ROUNDS: kept}
+    metrics = (
+        metrics_at(evals_log, kept - start - 1) if kept > start else _evaluated(booster, dvalid)
+    )
+    return {**metrics, ROUNDS: start + trained, MODEL_ROUNDS: kept}
+
+
+def _evaluated(booster: xgb.Booster, dvalid: xgb.DMatrix) -> dict[str, float]:
+    """The model's validation metrics, from XGBoost's evaluation line
+    (`[0]\tvalid-logloss:0.35\tvalid-auc:0.91`), named as in the training log."""
+    fields = booster.eval_set([(dvalid, VALID)]).split("\t")[1:]
+    return {key: float(value) for key, value in (f.split(":", 1) for f in fields)}
 
 
 class _History(xgb.callback.TrainingCallback):
@@ -174,17 +212,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     progress = _Progress(
         config.get("report_every", 0), config.get("checkpoint_every", 0), start, rounds
     )
+    dvalid = _dmatrix(VALID, names)
     booster = boost(
         config["params"],
         _dmatrix(TRAIN, names),
-        _dmatrix(VALID, names),
+        dvalid,
         rounds - start,
         config.get("early_stopping_rounds"),
         config.get("metric"),
         [history, progress],
         start_from=model,
     )
-    metrics = {**summary(history.evals_log, booster, start), RESUMED_FROM: start}
+    metrics = {**summary(history.evals_log, booster, dvalid, start), RESUMED_FROM: start}
     _report(metrics, booster, final=True)
 
 

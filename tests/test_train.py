@@ -4,12 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import ray.data
 import xgboost as xgb
 
 from ray_app.config import TrainConfig
 from ray_app.features import LABEL
-from ray_app.train import boost, train, xgb_params
+from ray_app.train import ROUNDS, _History, boost, summary, train, xgb_params
 
 
 def _frame(n: int, seed: int) -> pd.DataFrame:
@@ -173,3 +174,52 @@ def test_a_search_trial_that_cannot_be_placed_stops_in_time_saying_why(ray_sessi
     finally:
         remove_placement_group(group)
     wait_for({"CPU": 1.0}, 1, "each CPU trial of the search")  # free again: no wait
+
+
+class _SaveAt(xgb.callback.TrainingCallback):
+    """Saves the model after round `round` as a checkpoint does (after early stopping's own
+    bookkeeping for that round)."""
+
+    def __init__(self, round: int, path: Path):
+        self.round, self.path = round, path
+
+    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
+        if epoch + 1 == self.round:
+            model.save_model(str(self.path))
+        return False
+
+
+def test_early_stopping_resumed_from_a_checkpoint_keeps_the_uninterrupted_runs_model(tmp_path):
+    """A run restored from a checkpoint taken after its best round (a worker died there) goes
+    on with that best and the rounds since it, as if never stopped: the same kept model, the
+    same metrics. Afresh, it would forget that best and keep a later, worse round."""
+    train_df, valid_df = _frame(2_000, 1), _frame(2_000, 2)
+    names = ["a", "b", "c"]
+    dtrain = xgb.DMatrix(train_df[names], label=train_df[LABEL])
+    dvalid = xgb.DMatrix(valid_df[names], label=valid_df[LABEL])
+    params = {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"], "eta": 0.6}
+    params |= {"max_depth": 6, "seed": 0, "nthread": 1}
+    history = _History()
+    whole = boost(params, dtrain, dvalid, 300, 10, callbacks=[history])
+    best = whole.best_iteration
+    expected = summary(history.evals_log, whole, dvalid)
+    assert best + 1 == whole.num_boosted_rounds() and expected[ROUNDS] == best + 11
+
+    at = best + 4  # after the best round, before early stopping's patience runs out
+    boost(params, dtrain, dvalid, 300, 10, callbacks=[_SaveAt(at, tmp_path / "model.ubj")])
+    history = _History()
+    resumed = boost(
+        params,
+        dtrain,
+        dvalid,
+        300 - at,
+        10,
+        callbacks=[history],
+        start_from=xgb.Booster(model_file=str(tmp_path / "model.ubj")),
+    )
+    assert resumed.num_boosted_rounds() == whole.num_boosted_rounds()
+    np.testing.assert_array_equal(resumed.predict(dvalid), whole.predict(dvalid))
+    got = summary(history.evals_log, resumed, dvalid, start=at)
+    assert got.keys() == expected.keys() and got[ROUNDS] == expected[ROUNDS]
+    for key in ("valid-auc", "valid-logloss"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-6)

@@ -104,9 +104,10 @@ class _TuneReport(xgb.callback.TrainingCallback):
     """Reports to Tune every `every` rounds, with a checkpoint every `checkpoint_every`; the
     final report carries the model after early stopping truncated it to its best round."""
 
-    def __init__(self, settings: SearchConfig, device: str, start: int):
+    def __init__(self, settings: SearchConfig, device: str, start: int, dvalid: xgb.DMatrix):
         self.every, self.checkpoint_every = settings.report_every, settings.checkpoint_every
         self.device, self.start, self.rounds = device, start, settings.num_boost_round
+        self.dvalid = dvalid
         self.evals_log: dict = {}
 
     def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
@@ -118,7 +119,7 @@ class _TuneReport(xgb.callback.TrainingCallback):
         return False
 
     def after_training(self, model: xgb.Booster) -> xgb.Booster:
-        metrics = {**summary(self.evals_log, model, self.start), TRAINED: 1}
+        metrics = {**summary(self.evals_log, model, self.dvalid, self.start), TRAINED: 1}
         _report({**metrics, DEVICE_USED: self.device}, model)
         return model
 
@@ -161,7 +162,7 @@ def single_trial(
         settings.num_boost_round - start,
         settings.early_stopping_rounds,
         settings.metric,
-        [_TuneReport(settings, device, start)],
+        [_TuneReport(settings, device, start, dvalid)],
         start_from=model,
     )
 
