@@ -120,7 +120,7 @@ class Scorer:
         return {**self._header(), "explanations": out}
 
 
-def _score_batch(batch: pd.DataFrame, scorer: Scorer) -> pd.DataFrame:
+def _labels_and_scores(batch: pd.DataFrame, scorer: Scorer) -> pd.DataFrame:
     return pd.DataFrame(
         {
             LABEL: features.encode_label(batch, scorer.model.contract),
@@ -134,9 +134,9 @@ def score_dataset(ds: ray.data.Dataset, model: LoadedModel) -> pd.DataFrame:
     for small datasets); only these two columns come back to the driver."""
     scorer = Scorer.of(model)
     if ds.count() <= LOCAL_SCORING_ROWS:
-        return _score_batch(ds.to_pandas(), scorer)
+        return _labels_and_scores(ds.to_pandas(), scorer)
     return ds.map_batches(
-        _score_batch, fn_kwargs={"scorer": scorer}, batch_format="pandas"
+        _labels_and_scores, fn_kwargs={"scorer": scorer}, batch_format="pandas"
     ).to_pandas()
 
 
