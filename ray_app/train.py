@@ -140,12 +140,14 @@ def _evaluated(booster: xgb.Booster, dvalid: xgb.DMatrix) -> dict[str, float]:
 
 
 class _History(xgb.callback.TrainingCallback):
-    """Keeps the evaluation log, for `summary` after training."""
+    """Keeps the evaluation log, for `summary` after training. Taken before each round (the
+    same dict, filled in after it): XGBoost skips the later callbacks' `after_iteration` once
+    early stopping says stop, which a resumed run can do on its first round."""
 
     def __init__(self) -> None:
         self.evals_log: dict = {}
 
-    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
+    def before_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
         self.evals_log = evals_log
         return False
 

@@ -189,10 +189,14 @@ class _SaveAt(xgb.callback.TrainingCallback):
         return False
 
 
-def test_early_stopping_resumed_from_a_checkpoint_keeps_the_uninterrupted_runs_model(tmp_path):
+@pytest.mark.parametrize("after_best", [4, 10])
+def test_early_stopping_resumed_from_a_checkpoint_keeps_the_uninterrupted_runs_model(
+    tmp_path, after_best
+):
     """A run restored from a checkpoint taken after its best round (a worker died there) goes
     on with that best and the rounds since it, as if never stopped: the same kept model, the
-    same metrics. Afresh, it would forget that best and keep a later, worse round."""
+    same metrics. Afresh, it would forget that best and keep a later, worse round. 10 rounds
+    after the best (the patience), it stops on its first round."""
     train_df, valid_df = _frame(2_000, 1), _frame(2_000, 2)
     names = ["a", "b", "c"]
     dtrain = xgb.DMatrix(train_df[names], label=train_df[LABEL])
@@ -205,7 +209,7 @@ def test_early_stopping_resumed_from_a_checkpoint_keeps_the_uninterrupted_runs_m
     expected = summary(history.evals_log, whole, dvalid)
     assert best + 1 == whole.num_boosted_rounds() and expected[ROUNDS] == best + 11
 
-    at = best + 4  # after the best round, before early stopping's patience runs out
+    at = best + after_best  # rounds run at the checkpoint
     boost(params, dtrain, dvalid, 300, 10, callbacks=[_SaveAt(at, tmp_path / "model.ubj")])
     history = _History()
     resumed = boost(

@@ -110,8 +110,11 @@ class _TuneReport(xgb.callback.TrainingCallback):
         self.dvalid = dvalid
         self.evals_log: dict = {}
 
+    def before_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
+        self.evals_log = evals_log  # as `train._History` takes it: early stopping may skip us
+        return False
+
     def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
-        self.evals_log = evals_log
         done = self.start + epoch + 1
         if done % self.every == 0 and done < self.rounds:  # the last round: after_training
             metrics = {**metrics_at(evals_log, epoch), ROUNDS: done, DEVICE_USED: self.device}
@@ -141,11 +144,6 @@ def single_trial(
     config: dict[str, Any], data: TrialData, settings: SearchConfig, base: dict[str, Any]
 ) -> None:
     """One trial in one process. A retried trial resumes from its last checkpoint."""
-    device = choose_device(config.get(DEVICE, CPU), settings.resources.on_missing_cuda)
-    params = trial_params(config, settings, base, device)
-    names = data.feature_names
-    dtrain = xgb.DMatrix(data.x_train, label=data.y_train, feature_names=names)
-    dvalid = xgb.DMatrix(data.x_valid, label=data.y_valid, feature_names=names)
     start, model = 0, None
     if checkpoint := tune.get_checkpoint():
         with checkpoint.as_directory() as d:
@@ -155,6 +153,11 @@ def single_trial(
             _report(state["final"], model)
             return
         start = state[ROUNDS]
+    device = choose_device(config.get(DEVICE, CPU), settings.resources.on_missing_cuda)
+    params = trial_params(config, settings, base, device)
+    names = data.feature_names
+    dtrain = xgb.DMatrix(data.x_train, label=data.y_train, feature_names=names)
+    dvalid = xgb.DMatrix(data.x_valid, label=data.y_valid, feature_names=names)
     boost(
         params,
         dtrain,
