@@ -205,3 +205,19 @@ def test_a_champion_of_another_contract_fails_the_comparison_with_the_reason(goo
     limits = load_gates(cfg.gates).for_model(MODEL).champion
     (result,) = checks.champion(good.metrics, None, "3", limits, "roc_auc", why)
     assert not result.passed and result.reason == why
+
+
+def test_the_shap_summary_is_drawn_the_same_for_the_same_values():
+    """Its dots' jitter comes from its own seeded generator, not NumPy's global state: the
+    same model's gate report holds the same picture."""
+    import numpy as np
+    import pandas as pd
+
+    from ray_app.evaluate.plots import shap_summary
+
+    rng = np.random.default_rng(1)
+    matrix = pd.DataFrame(rng.normal(size=(300, 4)), columns=list("abcd"))
+    contribs = rng.normal(size=(300, 5))
+    first = shap_summary(contribs, matrix)
+    np.random.seed(7)  # whatever else ran in the process
+    assert shap_summary(contribs, matrix) == first

@@ -39,7 +39,12 @@ def shap_summary(contribs: np.ndarray, matrix: pd.DataFrame) -> bytes:
     from matplotlib import pyplot as plt
 
     shap.summary_plot(
-        contribs[:, :-1], matrix, max_display=SUMMARY_FEATURES, show=False, plot_size=(8, 6)
+        contribs[:, :-1],
+        matrix,
+        max_display=SUMMARY_FEATURES,
+        show=False,
+        plot_size=(8, 6),
+        rng=np.random.default_rng(0),  # the dots' jitter: the same report for the same model
     )
     fig = plt.gcf()
     try:
