@@ -82,3 +82,10 @@ def test_corruption_knobs_damage_what_they_say(tmp_path):
     assert frame.purchase_frequency.astype(str).str.endswith(" USD").sum() > 300
     assert set(frame.plan.unique()) == set(synth.REGIONS)  # the two columns traded places
     assert np.isin(frame.region.unique(), synth.PLANS).all()
+
+
+def test_corruptions_of_the_same_column_combine(tmp_path):
+    corruption = synth.Corruption(nulls={"monthly_charge": 0.1}, negative_amounts=0.1)
+    frame = pd.read_csv(synth.write(tmp_path / "bad.csv", 10_000, seed=9, corruption=corruption))
+    assert 0.07 < frame.monthly_charge.isna().mean() < 0.13
+    assert 0.06 < (frame.monthly_charge < 0).mean() < 0.12  # of the 90% still there

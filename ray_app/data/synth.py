@@ -165,8 +165,8 @@ def _corrupt(df: pd.DataFrame, rng: np.random.Generator, c: Corruption) -> pd.Da
 
     for column, frac in c.nulls.items():
         df[column] = df[column].astype(object).where(~pick(frac), None)
-    if c.negative_amounts:
-        rows = pick(c.negative_amounts)
+    if c.negative_amounts:  # of the amounts still there, with `nulls` on the same column
+        rows = pick(c.negative_amounts) & df["monthly_charge"].notna().to_numpy()
         df.loc[rows, "monthly_charge"] = -df.loc[rows, "monthly_charge"]
     if c.future_dates:
         df.loc[pick(c.future_dates), "last_login"] = pd.Timestamp("2031-01-01")
