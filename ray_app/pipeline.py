@@ -71,7 +71,7 @@ class PipelineResult:
 @dataclass
 class Journal:
     """One pipeline run: what each finished step produced. A journal without a key is kept in
-    memory only (a retrain's training, which the retrain's own journal records)."""
+    memory only."""
 
     key: str
     model: str
@@ -86,6 +86,7 @@ class Journal:
     gate_passed: bool | None = None
     gate_reasons: list[str] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
+    champion: str | None = None  # the production version the gate judged it against
     finished: str = ""
 
     @staticmethod
@@ -157,11 +158,20 @@ def train_and_gate(
     gates: Gates,
     step: Steps,
     confirm: Callable[[GateReport], bool] | None = None,
+    key: str = "",
 ) -> PipelineResult:
-    """Features, training, publishing and the gate for one snapshot, with no journal of its
-    own: a retrain calls this and journals its steps itself."""
+    """Features, training, publishing and the gate for one snapshot, for a caller with a
+    journal of its own (a retrain). `key` (the caller's id) names the journal of this part, so
+    that a call killed after training or registering, made again with the same key, goes on
+    from there: no second training, no second registered version. One that finished is
+    reported as it ended."""
     model = model_name(cfg, contract)
-    entry = Journal("", model, _now(), snap.version, TRAIN_STEP, snap.version)
+    entry = load_entry(Journal, Journal.path(model, key)) if key else None
+    if entry is None:
+        entry = Journal(key, model, _now(), snap.version, TRAIN_STEP, snap.version)
+    elif entry.finished:
+        step(f"[resume] {model} version {entry.model_version} was trained and gated already")
+        return _result(entry, snap)
     return _train_and_gate(cfg, contract, snap, gates, step, confirm, entry)
 
 
@@ -192,20 +202,25 @@ def _train_and_gate(
         gate_passed=report.passed,
         gate_reasons=reasons,
         aliases=[m.alias for m in moves],
+        champion=report.champion_version,
         step=DONE,
         finished=_now(),
     )
+    return _result(entry, snap)
+
+
+def _result(entry: Journal, snap: Snapshot) -> PipelineResult:
     return PipelineResult(
         snap.version,
         snap.rows,
         entry.mlflow_run_id,
         entry.test_metrics,
-        name,
-        version,
-        report.passed,
-        reasons,
+        entry.model,
+        entry.model_version,
+        bool(entry.gate_passed),
+        entry.gate_reasons,
         entry.aliases,
-        report.champion_version,
+        entry.champion,
     )
 
 

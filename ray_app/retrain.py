@@ -449,7 +449,9 @@ def _run_steps(cfg: RetrainConfig, journal: Journal, step: Steps) -> None:
                 journal.update(candidate=found.model_version, step=GATE)
             _gate(pcfg, gates, journal, confirm)
         else:
-            result = pipeline.train_and_gate(pcfg, contract, snap, gates, step, confirm)
+            result = pipeline.train_and_gate(
+                pcfg, contract, snap, gates, step, confirm, key=f"retrain-{journal.id}"
+            )
             journal.update(candidate=result.model_version)
             _judged(journal, result.promoted, result.gate_reasons, result.champion)
     candidate = f"{journal.model}/{journal.candidate}"

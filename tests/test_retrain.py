@@ -181,13 +181,30 @@ def test_drift_with_a_worse_candidate_keeps_production_and_says_why(
     assert stopped.step == retrain.TRAIN and stopped.data_version and not stopped.finished
     assert any(line.startswith("[validate]") for line in lines)
 
+    def killed_after_the_gate(line: str) -> None:  # before either journal has its verdict
+        if line.startswith("[gate]"):
+            raise KeyboardInterrupt
+        lines.append(line)
+
     again = retrain.decide(config, now=now)
     assert again.retrain and again.resume.id == stopped.id
     assert "stopped at step 'train'" in again.reasons[0]
     lines.clear()
-    journal = retrain.execute(config, again, lines.append)
+    with pytest.raises(KeyboardInterrupt):
+        retrain.execute(config, again, killed_after_the_gate)
     assert not any(line.startswith(("[validate]", "[snapshot]")) for line in lines), lines
+    versions = MlflowClient().search_model_versions(f"name = '{result.model_name}'")
+    assert not retrain.Journal.load(result.model_name).candidate  # registered, not journaled
+
+    again = retrain.decide(config, now=now)
+    lines.clear()
+    journal = retrain.execute(config, again, lines.append)
     assert journal.id == stopped.id and journal.data_version == stopped.data_version
+    resumed = f"[resume] {result.model_name} version {journal.candidate} of MLflow run"
+    assert any(line.startswith(resumed) for line in lines), lines  # not trained again
+    assert not any(line.startswith("[train]") for line in lines), lines
+    after = MlflowClient().search_model_versions(f"name = '{result.model_name}'")
+    assert len(after) == len(versions)  # and not registered again
     assert journal.outcome == retrain.KEPT and not journal.gate_passed
     assert f"failed the gate against production v{production}" in journal.reason
     assert "champion: roc_auc" in journal.reason
