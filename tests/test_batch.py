@@ -224,3 +224,13 @@ def test_the_execution_settings_are_put_back_even_when_scoring_fails():
         assert context.target_max_block_size == context.target_min_block_size == 1 << 20
         raise RuntimeError("scoring failed")
     assert [getattr(context, name) for name in names] == before
+
+
+def test_an_id_written_as_the_pandas_index_is_read_as_the_id(result, tmp_path):
+    plain = pd.read_parquet(synth.write(tmp_path / "plain.parquet", 500, seed=44))
+    plain.set_index("customer_id").to_parquet(tmp_path / "indexed.parquet")
+    model = f"{result.model_name}@production"
+    done = batch_predict(model, tmp_path / "indexed.parquet", tmp_path / "scored")
+    assert done.scored == 500 and done.quarantined == 0
+    scored = pq.read_table(tmp_path / "scored").to_pandas()
+    assert set(scored["customer_id"]) == set(plain["customer_id"])

@@ -288,3 +288,38 @@ def test_a_null_fraction_exactly_at_its_limit_passes(ray_session, contract, tmp_
     frame.to_parquet(path)
     source, report = _validate(path, exact)
     assert [f.column for f in report.failures] == ["gender"]
+
+
+def test_what_pandas_wrote_for_its_index_is_not_read_as_one(ray_session, contract, tmp_path):
+    """A Parquet folder from pandas: one file with the id as its index (`set_index`), the
+    others filtered frames, whose row labels are written too and repeat across files. The id
+    is read as a column, pandas' index columns are not columns at all, every row is judged by
+    its own values."""
+    frame = next(synth.generate(3_000, seed=12)).astype(str)  # text, as from a CSV
+    folder = tmp_path / "from_pandas"
+    folder.mkdir()
+    frame.iloc[:1_000].set_index("customer_id").to_parquet(folder / "a.parquet")
+    rest = frame.iloc[1_000:].reset_index(drop=True)
+    rest.loc[rest.index % 2 == 0].to_parquet(folder / "b.parquet")  # labels 0, 2, 4, ...
+    odd = rest.loc[rest.index % 2 == 1].copy()
+    odd.iloc[0, odd.columns.get_loc("age")] = "old"  # one row that does not parse
+    odd.index = odd.index - 1  # labels 0, 2, 4, ... again
+    odd.to_parquet(folder / "c.parquet")
+    source, report = _validate(folder, contract, batch_size=3_000)
+    assert "__index_level_0__" not in source.columns and "customer_id" in source.columns
+    found = {(f.expectation, f.column): f.bad_rows for f in report.failures}
+    parse, null = "expect_column_values_to_parse_as_integer", "expect_column_values_to_not_be_null"
+    assert found == {(parse, "age"): 1, (null, "age"): 1}, report.failures
+    assert report.rows == 3_000
+
+    batch = read_raw(source, contract).take_batch(3_000, batch_format="pyarrow")
+    _, reasons = row_reasons(as_frame(batch), contract.model_dump_json())
+    assert (reasons != "").sum() == 1 and batch.num_columns == len(frame.columns)
+
+
+def test_a_batch_whose_row_labels_repeat_is_judged_row_by_row(contract):
+    frame = pd.concat([next(synth.generate(2, seed=3))] * 2)  # labels 0, 1, 0, 1
+    frame = frame.astype(str).astype(object)
+    frame.iloc[2, frame.columns.get_loc("age")] = "old"
+    _, reasons = row_reasons(frame, contract.model_dump_json())
+    assert [bool(r) for r in reasons] == [False, False, True, False]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ ARROW_TYPES = {
 # silently changed. Identifiers that large belong in a `string` column.
 MAX_SAFE_INTEGER = 2**53 - 1
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+# The columns pandas writes for an index that is not a plain range (`__index_level_0__`).
+PANDAS_INDEX = re.compile(r"__index_level_\d+__")
 
 
 class DataError(RayAppError, ValueError):
@@ -118,10 +123,22 @@ def _format(file: Path) -> str:
 
 
 def _schema(file: Path) -> pa.Schema:
+    """A Parquet file's columns as this project reads them (`_plain`)."""
     try:
-        return pq.read_schema(file)
+        schema = pq.read_schema(file)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{file}: not a readable Parquet file ({e})") from None
+    return pa.schema([f for f in schema if not PANDAS_INDEX.fullmatch(f.name)])
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """A Parquet block as its columns, without what pandas wrote for its index. From the file's
+    pandas metadata, Ray's and Arrow's `to_pandas` would make an index again: an id written
+    with `set_index` would no longer be a column, and a filtered frame's row labels (which
+    repeat across files) would be the batch's. A named index stays a column; pandas' unnamed
+    index columns (`__index_level_0__`) go."""
+    keep = [name for name in table.column_names if not PANDAS_INDEX.fullmatch(name)]
+    return table.select(keep).replace_schema_metadata(None)
 
 
 def _header(file: Path, fmt: str) -> list[str]:
@@ -236,7 +253,11 @@ def read_raw(source: Source, contract: Contract) -> ray.data.Dataset:
     """Read a source with Ray Data; CSV columns are kept as text for `coerce` to parse."""
     if source.fmt == "parquet":
         with reading(source):  # the V1 reader reads a sample of the files, in a Ray task, here
-            return read_parquet(on_this_node(source.path), ray_remote_args=pinned_args())
+            ds = read_parquet(on_this_node(source.path), ray_remote_args=pinned_args())
+        # Fused into the read tasks (the same resources): no task or copy of its own.
+        return ds.map_batches(
+            _plain, batch_format="pyarrow", batch_size=None, zero_copy_batch=True, **pinned_args()
+        )
     return ray.data.read_csv(
         on_this_node(source.path), ray_remote_args=pinned_args(), **csv_options(source.columns)
     )
@@ -447,7 +468,7 @@ def as_frame(batch: pa.Table) -> pd.DataFrame:
 def coerce(batch: pd.DataFrame, contract: Contract) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
     """Parse each contract column to its type. Returns the typed frame (blank, a null token or
     one of the column's `null_values` → null) and, per column, the raw values that were
-    present but did not parse."""
+    present but did not parse, labelled by their row's position in the batch."""
     typed: dict[str, pd.Series] = {}
     failures: dict[str, pd.Series] = {}
     for name, spec in contract.columns.items():
@@ -463,8 +484,8 @@ def coerce(batch: pd.DataFrame, contract: Contract) -> tuple[pd.DataFrame, dict[
             parsed = parsed.where(~blank & ~bad)
             if spec.type in ("string", "category"):
                 parsed = parsed.astype(object).where(parsed.notna(), None)
-        if bad.any():
-            failures[name] = raw[bad]
+        if bad.any():  # labelled by position: a batch's own labels may repeat
+            failures[name] = raw[bad].set_axis(np.flatnonzero(bad))
         typed[name] = parsed
     return pd.DataFrame(typed, index=batch.index), failures
 

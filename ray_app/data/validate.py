@@ -141,7 +141,7 @@ def row_reasons(
     contract = contract_from_json(contract_json)
     typed, failures = coerce(batch, contract)
     broken = [
-        (typed.index.isin(bad.index), f"{column}: not a valid {_kind(contract, column)}")
+        (_rows_at(bad.index, len(typed)), f"{column}: not a valid {_kind(contract, column)}")
         for column, bad in failures.items()
         if column not in unchecked
     ]
@@ -155,6 +155,12 @@ def row_reasons(
         for row in np.flatnonzero(np.logical_or.reduce([mask for mask, _ in broken])):
             reasons[row] = "; ".join(text for mask, text in broken if mask[row])
     return typed, reasons
+
+
+def _rows_at(positions: pd.Index, rows: int) -> np.ndarray:
+    mask = np.zeros(rows, dtype=bool)
+    mask[positions.to_numpy()] = True
+    return mask
 
 
 def _kind(contract: Contract, column: str) -> str:
