@@ -56,7 +56,7 @@ from ray_app.model.ref import ModelRef
 from ray_app.monitor import drift, gauges
 from ray_app.progress import Steps
 from ray_app.publish import model_name
-from ray_app.rollout.routing import ABANDON, CANARY, ENDINGS, PROMOTE, CanaryLimits
+from ray_app.rollout.routing import ABANDON, CANARY, ENDINGS, PROMOTE, CanaryLimits, Route
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -499,17 +499,21 @@ def _canary(cfg: RetrainConfig, journal: Journal, candidate: str, step: Steps) -
     rollout = cfg.rollout
     if not journal.rollout_id:
         running = deploy.Running.read(rollout.dashboard(), rollout.app)
-        route = deploy.start(
-            running,
-            journal.model,
-            CANARY,
-            candidate,
-            rollout.steps,
-            rollout.step_s,
-            limits=rollout.limits,
-        )
-        journal.update(rollout_id=route.canary.rollout_id)  # type: ignore[union-attr]
-        step(f"[retrain] canary {candidate} started ({journal.rollout_id})")
+        if found := unjournaled_canary(journal, candidate, running.route(journal.model)):
+            journal.update(rollout_id=found)
+            step(f"[retrain] canary {candidate} was started before a stop ({found}): following it")
+        else:
+            route = deploy.start(
+                running,
+                journal.model,
+                CANARY,
+                candidate,
+                rollout.steps,
+                rollout.step_s,
+                limits=rollout.limits,
+            )
+            journal.update(rollout_id=route.canary.rollout_id)  # type: ignore[union-attr]
+            step(f"[retrain] canary {candidate} started ({journal.rollout_id})")
     started = float(journal.rollout_id.split("@", 1)[1])
     while time.time() < started + rollout.timeout_s:
         ended = [
@@ -523,6 +527,25 @@ def _canary(cfg: RetrainConfig, journal: Journal, candidate: str, step: Steps) -
             return _end(journal, outcome, f"canary {candidate}: {event.reason}", cfg)
         time.sleep(1.0)
     _end(journal, ROLLED_BACK, f"canary {candidate} did not end within {rollout.timeout_s:g}s", cfg)
+
+
+def unjournaled_canary(journal: Journal, candidate: str, route: Route) -> str | None:
+    """The rollout id of a canary of `candidate` started since the retrain began, which its
+    journal does not hold: the retrain was killed between starting it and saying so. Then it is
+    followed, not started again (which the live canary would refuse, leaving it to run on
+    untracked). The route's live canary, or the recorded start of one that has ended since."""
+    since = dt.datetime.fromisoformat(journal.started).timestamp()
+    live = route.canary
+    if live is not None and live.started_at >= since:
+        variant = next(v for v in route.variants if v.name == live.variant)
+        if variant.model == candidate:
+            return live.rollout_id
+    for event in reversed(registry.rollout_history(journal.model)):
+        if dt.datetime.fromisoformat(event.when).timestamp() < since:
+            break
+        if event.action == f"{CANARY}-start" and event.reason.startswith(f"{candidate} beside "):
+            return event.rollout_id
+    return None
 
 
 def _end(journal: Journal, outcome: str, reason: str, cfg: RetrainConfig) -> None:

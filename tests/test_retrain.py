@@ -463,3 +463,42 @@ def test_a_check_that_fails_is_said_and_does_not_stop_a_forced_retrain(
     failed = [r for r in decision.reasons if "could not be judged" in r]
     assert [r.split(":")[0] for r in failed] == ["live quality"], decision.reasons
     assert not retrain.decide(config, data=data).retrain  # nothing else calls for one
+
+
+def test_a_canary_started_but_not_journaled_is_followed_not_started_again(result):
+    """A retrain killed between starting its canary and journaling it finds that canary when
+    resumed: in the route while it runs, in the rollout history once it has ended."""
+    from ray_app.rollout.routing import Canary, Route, Variant
+
+    model = result.model_name
+    version = registry.aliased_version(model)
+    started = dt.datetime.now(dt.UTC)
+    journal = retrain.Journal("t", model, started.isoformat(), [], "", version)
+    candidate = f"{model}/{version}"
+    primary = Variant(name="primary", model=f"{model}@production")
+
+    def canary_of(ref: str, at: float) -> Route:
+        return Route(
+            strategy="canary",
+            variants=[primary, Variant(name="canary", model=ref, weight=0)],
+            canary=Canary(variant="canary", started_at=at),
+        )
+
+    now = time.time()
+    ours = canary_of(candidate, now)
+    assert retrain.unjournaled_canary(journal, candidate, ours) == ours.canary.rollout_id
+    assert retrain.unjournaled_canary(journal, candidate, canary_of(candidate, now - 3600)) is None
+    assert retrain.unjournaled_canary(journal, candidate, canary_of(f"{model}/99", now)) is None
+
+    ended = Route(variants=[primary])  # back to one variant: only the history has it
+    assert retrain.unjournaled_canary(journal, candidate, ended) is None
+    event = registry.record_rollout(
+        model, "canary-start", f"{candidate} beside {model}@production", f"canary@{now:.6f}"
+    )
+    try:
+        assert retrain.unjournaled_canary(journal, candidate, ended) == event.rollout_id
+    finally:  # the shared model's history, as it was
+        client = MlflowClient()
+        for key, value in client.get_registered_model(model).tags.items():
+            if key.startswith(registry.ROLLOUT_PREFIX) and event.when in value:
+                client.delete_registered_model_tag(model, key)
