@@ -416,15 +416,16 @@ def _run_steps(cfg: RetrainConfig, journal: Journal, step: Steps) -> None:
     contract = load_contract(pcfg.contract)
     gates = load_gates(pcfg.gates)
     gates.for_contract(journal.model, contract)  # a column the contract lacks: before training
-    if not journal.data_version:
+    if journal.step == VALIDATE:  # until both checks pass: a resume runs them again
         snap = resolve_snapshot(pcfg, contract, journal.data, None, step)
-        journal.update(data_version=snap.version, step=TRAIN)
+        journal.update(data_version=snap.version)
         trained_on = registry.version_for(journal.model).tags.get("dataset_version")
         if snap.version == trained_on:
             why = f"data version {snap.version} is what production was trained on: nothing new"
             return _end(journal, SKIPPED, why, cfg)
         if tried := _tried(journal.model, snap.version, journal.id):
             return _end(journal, SKIPPED, f"data version {snap.version} was tried by {tried}", cfg)
+        journal.update(step=TRAIN)
     else:
         snap = find_snapshot(open_store(pcfg.data.store), journal.data_version, contract)
     direct = cfg.rollout.strategy != CANARY

@@ -237,6 +237,14 @@ def test_drift_with_a_worse_candidate_keeps_production_and_says_why(
     journal = retrain.execute(config, forced, lambda line: None)
     assert journal.outcome == retrain.SKIPPED and f"retrain {stopped.id} (kept" in journal.reason
 
+    # killed after validating, before its checks had their say: resumed, it checks again
+    unchecked = dataclasses.replace(journal, step=retrain.VALIDATE, outcome="", finished="")
+    unchecked.save()
+    resumed = retrain.decide(config, now=now)
+    assert resumed.retrain and resumed.resume.id == journal.id
+    journal = retrain.execute(config, resumed, lambda line: None)
+    assert journal.outcome == retrain.SKIPPED and f"retrain {stopped.id} (kept" in journal.reason
+
 
 def test_drift_with_a_better_candidate_goes_through_a_canary_into_production(
     result, service, api, contract, production, pipeline_yaml, tmp_path
