@@ -323,3 +323,16 @@ def test_a_batch_whose_row_labels_repeat_is_judged_row_by_row(contract):
     frame.iloc[2, frame.columns.get_loc("age")] = "old"
     _, reasons = row_reasons(frame, contract.model_dump_json())
     assert [bool(r) for r in reasons] == [False, False, True, False]
+
+
+def test_nan_in_a_float_column_is_missing_as_ray_and_arrow_batches_read_it(contract):
+    """Parquet from Polars, Spark or pyarrow may hold NaN for a missing amount. Ray's pandas
+    batches (Arrow-backed, where NaN is not null) and `as_frame`'s (NumPy) see it alike: a
+    null, never a value that failed to parse."""
+    table = pa.Table.from_pandas(next(synth.generate(3, seed=5)), preserve_index=False)
+    charge = table.schema.get_field_index("monthly_charge")
+    table = table.set_column(charge, "monthly_charge", pa.array([1.5, float("nan"), None]))
+    for frame in (table.to_pandas(types_mapper=pd.ArrowDtype), as_frame(table)):
+        typed, failures = coerce(frame, contract)
+        assert "monthly_charge" not in failures
+        assert typed["monthly_charge"].isna().tolist() == [False, True, True]

@@ -364,11 +364,15 @@ def _blank(raw: pd.Series, spec: ColumnSpec) -> np.ndarray:
     if raw.dtype == object or pd.api.types.is_string_dtype(raw):
         text = raw.astype("string").str.strip()
         return (raw.isna() | text.isin(null_tokens(spec))).to_numpy()
+    missing = raw.isna().to_numpy(dtype=bool, na_value=True)
+    if pd.api.types.is_float_dtype(raw):  # NaN is missing, as in a NumPy column; an Arrow
+        # one (Ray's pandas batches) keeps it apart from null, and `as_frame`'s does not
+        missing |= np.isnan(raw.to_numpy(dtype=float, na_value=np.nan))
     # A typed (Parquet) column holds a numeric marker as a number: -999, not "-999".
     markers = pd.to_numeric(pd.Series(spec.null_values, dtype=object), errors="coerce")
     if pd.api.types.is_numeric_dtype(raw) and markers.notna().any():
-        return (raw.isna() | raw.isin(markers.dropna())).to_numpy(dtype=bool, na_value=True)
-    return raw.isna().to_numpy()
+        return missing | raw.isin(markers.dropna()).to_numpy(dtype=bool, na_value=False)
+    return missing
 
 
 def _parse(raw: pd.Series, kind: str) -> pd.Series:
