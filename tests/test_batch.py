@@ -234,3 +234,20 @@ def test_an_id_written_as_the_pandas_index_is_read_as_the_id(result, tmp_path):
     assert done.scored == 500 and done.quarantined == 0
     scored = pq.read_table(tmp_path / "scored").to_pandas()
     assert set(scored["customer_id"]) == set(plain["customer_id"])
+
+
+def test_a_column_the_model_does_not_read_sets_no_row_aside_unless_sensitive(result):
+    """A slice-only column with a value outside its set is no reason not to score a row; a
+    sensitive value outside its set is, as serving refuses it."""
+    from ray_app.data.contract import ColumnSpec
+
+    loaded = load(ModelRef(result.model_name, version=result.model_version))
+    segment = ColumnSpec(type="category", allowed=["a", "b"], roles=["slice"])
+    columns = {**loaded.contract.columns, "segment": segment}
+    contract = loaded.contract.model_copy(update={"columns": columns})
+    frame = next(synth.generate(3, seed=2)).astype("string").astype(object)
+    frame["segment"] = ["a", "zzz", "b"]
+    frame["gender"] = ["female", "male", "unknown"]
+    batch = pa.Table.from_pandas(frame, preserve_index=False)
+    table = _score_batch(batch, Scorer.of(loaded), contract.model_dump_json(), "v1")
+    assert table["_status"].to_pylist() == ["scored", "scored", "quarantined"]

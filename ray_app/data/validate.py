@@ -137,7 +137,8 @@ def row_reasons(
     """The typed batch and, per row, why it breaks the contract ("" for a good row). Only
     row-level rules count here; null-fraction tolerances, uniqueness and row counts are
     properties of the whole dataset. The text is built only for the rows that break a rule.
-    The `unchecked` columns are typed but judged by no rule (batch scoring's label)."""
+    The `unchecked` columns are typed but judged by no rule, alone or in a pair (batch
+    scoring's columns the model does not read)."""
     contract = contract_from_json(contract_json)
     typed, failures = coerce(batch, contract)
     broken = [
@@ -146,7 +147,7 @@ def row_reasons(
         if column not in unchecked
     ]
     for check in contract.checks():
-        if check.key[1] in unchecked:
+        if set(check.key[1].split(",")) & set(unchecked):  # a pair rule's key is `A,B`
             continue
         if check.max_fraction == 0.0 and (mask := rules.broken(typed, check)).any():
             broken.append((mask, f"{check.key[0]}({check.key[1]})"))

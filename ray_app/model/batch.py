@@ -84,10 +84,9 @@ class BatchResult:
 def scoring_contract(contract: Contract, source: Source) -> Contract:
     """The contract a table to score is checked by: everything the model reads, and the id,
     must be there and valid. Any other column (the label, sensitive or slice columns) may be
-    absent or null, whatever its null tolerance in training data, and the label's values are
-    not checked at all (`row_reasons(..., unchecked=(label,))`): a row is never set aside for
-    a column the model does not read, except a sensitive value outside its set, which serving
-    refuses too."""
+    absent or null, whatever its null tolerance in training data, and only the sensitive ones
+    are checked at all (`unchecked`): a row is never set aside for a column the model does not
+    read, except a sensitive value outside its set, which serving refuses too."""
     required = [*contract.input_columns, *([contract.id_column] if contract.id_column else [])]
     missing = [c for c in required if c not in source.columns]
     if missing:
@@ -112,7 +111,7 @@ def _score_batch(
     status."""
     contract = contract_from_json(contract_json)
     checked = _as_contract(as_frame(batch), contract)
-    typed, reasons = row_reasons(checked, contract_json, (contract.label_column,))
+    typed, reasons = row_reasons(checked, contract_json, unchecked(contract))
     good = reasons == ""
     proba = np.full(len(typed), np.nan)
     if good.any():  # the usual batch, all good, is scored without a copy
@@ -133,6 +132,13 @@ def _score_batch(
         },
         schema=schema.append(pa.field(STATUS, pa.string())),
     )
+
+
+def unchecked(contract: Contract) -> tuple[str, ...]:
+    """The columns a table to score is not judged by (typed, but no rule set a row aside for
+    them): all but the model's inputs, the id and the sensitive columns."""
+    judged = {*contract.input_columns, contract.id_column, *contract.sensitive_columns}
+    return tuple(name for name in contract.columns if name not in judged)
 
 
 def output_schema(contract: Contract, scorer: Scorer) -> pa.Schema:
@@ -164,7 +170,7 @@ def _quarantined(batch: pa.Table, contract_json: str) -> pa.Table:
     frame = as_frame(batch)
     contract = contract_from_json(contract_json)
     checked = _as_contract(frame, contract)
-    reasons = row_reasons(checked, contract_json, (contract.label_column,))[1]
+    reasons = row_reasons(checked, contract_json, unchecked(contract))[1]
     bad = reasons != ""
     return held(frame[bad], reasons[bad])
 
