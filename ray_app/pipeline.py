@@ -29,7 +29,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray.train.xgboost import RayTrainReportCallback
 
-from ray_app import features, tracking
+from ray_app import features, registry, tracking
 from ray_app.config import PipelineConfig, rayapp_home, redacted, results_root
 from ray_app.data import report as validation_report
 from ray_app.data.contract import Contract, load_contract
@@ -38,7 +38,7 @@ from ray_app.data.snapshot import Snapshot, contract_hash
 from ray_app.data.sources import resolve_snapshot, source_path
 from ray_app.data.split import TRAIN, VALID
 from ray_app.evaluate.gate import Gates, load_gates
-from ray_app.evaluate.job import GateReport, run_gate
+from ray_app.evaluate.job import GateReport, earlier_pass, run_gate
 from ray_app.journal import Busy, hold, load_entry, save_entry
 from ray_app.model.ref import ModelRef
 from ray_app.progress import Steps
@@ -186,23 +186,33 @@ def _train_and_gate(
 ) -> PipelineResult:
     tracking.configure()
     name = entry.model
-    if entry.model_version:
+    resumed = bool(entry.model_version)
+    if resumed:
         step(f"[resume] {name} version {entry.model_version} of MLflow run {entry.mlflow_run_id}")
     else:
         _train_and_publish(cfg, contract, snap, step, entry)
     version = entry.model_version
-    report, moves = run_gate(cfg, ModelRef(name, version=version), gates, confirm)
-    reasons = report.failures() or [f"{len(report.results)} checks passed"]
-    step(
-        f"[gate] {name} version {version}: {'passed' if report.passed else 'FAILED'} "
-        f"({'; '.join(reasons)})"
-        + "".join(f"; alias {m.alias!r} -> version {m.to_version}" for m in moves)
-    )
+    if resumed and (earlier := earlier_pass(name, version)) is not None:
+        passed, champion = True, earlier["champion_version"]
+        reasons = [f"{len(earlier['results'])} checks passed"]
+        moved = (registry.STAGING, registry.PRODUCTION)
+        aliases = [a for a in moved if registry.aliased_version(name, a) == version]
+        step(f"[gate] {name} version {version}: passed before the stop ({reasons[0]})")
+    else:
+        report, moves = run_gate(cfg, ModelRef(name, version=version), gates, confirm)
+        passed, champion = report.passed, report.champion_version
+        reasons = report.failures() or [f"{len(report.results)} checks passed"]
+        aliases = [m.alias for m in moves]
+        step(
+            f"[gate] {name} version {version}: {'passed' if passed else 'FAILED'} "
+            f"({'; '.join(reasons)})"
+            + "".join(f"; alias {m.alias!r} -> version {m.to_version}" for m in moves)
+        )
     entry.update(
-        gate_passed=report.passed,
+        gate_passed=passed,
         gate_reasons=reasons,
-        aliases=[m.alias for m in moves],
-        champion=report.champion_version,
+        aliases=aliases,
+        champion=champion,
         step=DONE,
         finished=_now(),
     )

@@ -221,3 +221,34 @@ def test_the_shap_summary_is_drawn_the_same_for_the_same_values():
     first = shap_summary(contribs, matrix)
     np.random.seed(7)  # whatever else ran in the process
     assert shap_summary(contribs, matrix) == first
+
+
+def test_a_run_killed_after_its_gate_passed_is_not_judged_again_against_itself(good, cfg):
+    """Killed after its gate moved production to it, before the journal had the verdict: the
+    resumed run reports the verdict that moved it. Judged again, it would be judged against
+    itself, now production, and fail for being no better."""
+    from ray_app.data.contract import load_contract
+    from ray_app.data.sources import resolve_snapshot
+    from ray_app.progress import Steps
+
+    assert registry.aliased_version(MODEL) == good.model_version
+    contract = load_contract(cfg.contract)
+    snap = resolve_snapshot(cfg, contract, None, good.dataset_version, Steps(print))
+    stopped = pipeline.Journal(
+        key="killed-after-the-gate",
+        model=MODEL,
+        started="2026-01-01T00:00:00+00:00",
+        data=good.dataset_version,
+        step=pipeline.GATE,
+        data_version=good.dataset_version,
+        mlflow_run_id=good.run_id,
+        model_version=good.model_version,
+    )
+    stopped.update()  # saved as the kill left it
+    lines: list[str] = []
+    again = pipeline.train_and_gate(
+        cfg, contract, snap, load_gates(cfg.gates), Steps(lines.append), key=stopped.key
+    )
+    assert any("passed before the stop" in line for line in lines), lines
+    assert again.promoted and again.model_version == good.model_version
+    assert again.aliases == ["staging", "production"]

@@ -237,6 +237,19 @@ def run_gate(
     return report, moves
 
 
+def earlier_pass(name: str, version: str) -> dict[str, Any] | None:
+    """The report (`gate.json`) of a gate that passed this version and moved its aliases, or
+    None. A run killed after its gate, resumed, must not judge the version again: where it
+    became production, it would be judged against itself."""
+    if registry.gate_report(name, version) is None:
+        return None
+    run_id = MlflowClient().get_model_version(name, version).run_id
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=f"{REPORT_DIR}/gate.json"
+    )
+    return json.loads(Path(path).read_text())
+
+
 def write_files(report: GateReport, folder: Path) -> Path:
     """The report as files: gate.json, gate.html (figures inline) and each figure as a PNG."""
     folder.mkdir(parents=True, exist_ok=True)
