@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar
 
 import mlflow
 from croniter import croniter
-from mlflow.entities import RunStatus
+from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from pydantic import Field, field_validator
 
@@ -127,6 +127,10 @@ class RetrainBusy(Busy):
     """Another process holds this model's retrain lock."""
 
 
+# Journal fields its MLflow run holds from its start (as tags or the run itself).
+_UNTAGGED = {"id", "model", "started", "reasons", "mlflow_run_id"}
+
+
 @dataclass
 class Journal:
     """One retrain: why it started and what each finished step produced."""
@@ -162,15 +166,17 @@ class Journal:
         save_entry(self, self.path(self.model))
 
     def update(self, **changes: Any) -> None:
-        """Record a step's result: the journal first, then the MLflow run's tags."""
+        """Record a step's result: the journal first, then the MLflow run's tags, every field
+        each time (one request), so that a kill between the two loses no tag for good."""
         for key, value in changes.items():
             setattr(self, key, value)
         self.save()
-        tags = {k: v for k, v in changes.items() if v not in (None, "", [])}
-        client = MlflowClient()
-        for key, value in tags.items():
-            text = "; ".join(value) if isinstance(value, list) else str(value)
-            client.set_tag(self.mlflow_run_id, key, text[:5000])
+        tags = [
+            RunTag(key, ("; ".join(value) if isinstance(value, list) else str(value))[:5000])
+            for key, value in asdict(self).items()
+            if key not in _UNTAGGED and value not in (None, "", [])
+        ]
+        MlflowClient().log_batch(self.mlflow_run_id, tags=tags)
 
 
 @dataclass
@@ -271,7 +277,13 @@ def decide(
     production = registry.aliased_version(model)
     journal = Journal.load(model)
     if journal and not journal.finished:
-        why = f"retrain {journal.id} stopped at step {journal.step!r} without an outcome: resume it"
+        why = (
+            f"retrain {journal.id} stopped while its outcome ({journal.outcome}) was recorded: "
+            "finish recording it"
+            if journal.outcome
+            else f"retrain {journal.id} stopped at step {journal.step!r} without an outcome: "
+            "resume it"
+        )
         return Decision(model, production, True, [why], journal.data, journal)
     if production is None:
         why = f"{model} has no production version to watch; `rayapp pipeline` makes the first"
@@ -353,7 +365,10 @@ def execute(cfg: RetrainConfig, decision: Decision, log: Callable[[str], None] =
             journal = _start(decision)
             log(f"[retrain] {journal.id} of {journal.model}: " + "; ".join(journal.reasons))
         try:
-            _run_steps(cfg, journal, Steps(log))
+            if journal.outcome:  # killed while it was being ended: end it
+                _end(journal, journal.outcome, journal.reason, cfg)
+            else:
+                _run_steps(cfg, journal, Steps(log))
         except Exception as e:
             _end(journal, FAILED, f"{type(e).__name__}: {e}", cfg)
         log(f"[retrain] {journal.id}: {journal.outcome}: {journal.reason}")
@@ -554,7 +569,7 @@ def _end(journal: Journal, outcome: str, reason: str, cfg: RetrainConfig) -> Non
     history. A live canary of a failed retrain is rolled back first."""
     if outcome in (FAILED, ROLLED_BACK) and journal.rollout_id:
         _stop_canary(cfg, journal, reason)
-    journal.update(outcome=outcome, reason=reason, step=DONE, finished=_now().isoformat())
+    journal.update(outcome=outcome, reason=reason, step=DONE)
     client = MlflowClient()
     client.log_dict(journal.mlflow_run_id, asdict(journal), "retrain.json")
     status = RunStatus.FAILED if outcome == FAILED else RunStatus.FINISHED
@@ -566,6 +581,8 @@ def _end(journal: Journal, outcome: str, reason: str, cfg: RetrainConfig) -> Non
         journal.rollout_id,
         asdict(journal),
     )
+    # Last: a retrain killed before this is resumed at its end (`execute`), and says it there.
+    journal.update(finished=_now().isoformat())
 
 
 def _stop_canary(cfg: RetrainConfig, journal: Journal, reason: str) -> None:
