@@ -449,20 +449,22 @@ def _run_steps(cfg: RetrainConfig, journal: Journal, step: Steps) -> None:
     if journal.gate_passed is None:
         if cfg.search:
             if not journal.candidate:  # else the search finished before the gate was stopped
-                from ray_app.tuning.search import run_search
+                from ray_app.tuning import search as tuning
 
-                resume = bool(journal.search)  # Tune restores the trials it saved
-                if not resume:
-                    journal.update(search=f"retrain-{journal.id}")
-                found = run_search(
-                    pcfg,
-                    load_search_config(cfg.search),
-                    data_version=snap.version,
-                    name=journal.search,
-                    resume=resume,
-                    log=step.log,
-                )
-                journal.update(candidate=found.model_version, step=GATE)
+                name = journal.search or f"retrain-{journal.id}"
+                if done := tuning.finished_version(name, journal.model):  # ended, unjournaled
+                    journal.update(candidate=done, step=GATE)
+                else:
+                    journal.update(search=name)
+                    found = tuning.run_search(
+                        pcfg,
+                        load_search_config(cfg.search),
+                        data_version=snap.version,
+                        name=name,
+                        resume=tuning.resumable(name),  # Tune restores the trials it saved
+                        log=step.log,
+                    )
+                    journal.update(candidate=found.model_version, step=GATE)
             _gate(pcfg, gates, journal, confirm)
         else:
             result = pipeline.train_and_gate(

@@ -27,7 +27,14 @@ from ray_app.data import sources
 from ray_app.model.logged import load
 from ray_app.registry import CANDIDATE
 from ray_app.tuning import space
-from ray_app.tuning.search import SEARCH_FILE, SearchError, run_search, searches_root
+from ray_app.tuning.search import (
+    SEARCH_FILE,
+    SearchError,
+    finished_version,
+    resumable,
+    run_search,
+    searches_root,
+)
 from ray_app.tuning.trials import MODEL_FILE, TRAINED, TrialData, single_trial
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -369,8 +376,12 @@ def test_killed_search_resumes_without_redoing_finished_trials(
     assert len(settled) >= 2 and sum(bool(e) for e in ended.values()) < 8, "kill mid-search"
     curves_before = _curve_lengths(parent)
     assert MlflowClient().get_run(parent).info.status == "RUNNING"
+    assert resumable("killed") and not resumable("never-ran")
+    assert finished_version("killed", "churn_model") is None  # not over yet
 
     result = run_search(pipeline_config, cfg, name="killed", resume=True, log=print)
+    # over: a caller killed before it heard so (a retrain) takes the version it registered
+    assert finished_version("killed", result.model_name) == result.model_version
     children = _children(parent)
     finished = [r for r in children if r.info.status == "FINISHED"]
     seen = [(r.data.tags["trial_id"], r.info.status, r.data.tags.get("outcome")) for r in children]

@@ -133,6 +133,27 @@ def _load_booster(result: tune.Result) -> xgb.Booster:
         return xgb.Booster(model_file=str(Path(d) / MODEL_FILE))
 
 
+def resumable(name: str) -> bool:
+    """Whether a search of this name left what a resume needs: our state file and Tune's."""
+    path = searches_root() / name
+    return (path / SEARCH_FILE).is_file() and tune.Tuner.can_restore(str(path))
+
+
+def finished_version(name: str, model: str) -> str | None:
+    """The version a finished search (its MLflow parent run closed) registered, or None: a
+    caller killed after the search ended takes it instead of resuming a search that is over."""
+    saved = searches_root() / name / SEARCH_FILE
+    if not saved.is_file():
+        return None
+    tracking.configure()
+    parent = MlflowClient().get_run(json.loads(saved.read_text())["parent_run_id"])
+    best = parent.data.tags.get("best_run_id")
+    if parent.info.status != RunStatus.to_string(RunStatus.FINISHED) or not best:
+        return None
+    published = registered(best, model)
+    return published.model_version if published else None
+
+
 def run_search(
     cfg: PipelineConfig,
     search: SearchConfig,
