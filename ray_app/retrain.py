@@ -20,6 +20,8 @@ event on the registered model (`rayapp history`).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import os
 import time
@@ -44,6 +46,7 @@ from ray_app.config import (
     load_search_config,
     load_yaml,
     rayapp_home,
+    redacted,
 )
 from ray_app.data.contract import load_contract
 from ray_app.data.snapshot import find_snapshot
@@ -150,6 +153,7 @@ class Journal:
     gate_reasons: list[str] = field(default_factory=list)
     gated_against: str | None = None  # the production version the gate judged it against
     rollout_id: str = ""
+    settings: str = ""  # `settings_key` at its start
     outcome: str = ""
     reason: str = ""
     finished: str = ""
@@ -357,12 +361,18 @@ def execute(cfg: RetrainConfig, decision: Decision, log: Callable[[str], None] =
         raise ValueError("the decision was not to retrain")
     with locked(decision.model):
         journal = Journal.load(decision.model)  # read again under the lock
+        settings = settings_key(cfg)
         if journal is not None and not journal.finished:
             log(f"[retrain] resuming {journal.id} at step {journal.step!r}")
+            if journal.settings and journal.settings != settings:
+                log(
+                    f"[retrain] {journal.id}: the pipeline, search or rollout settings changed "
+                    "since it started; it goes on with the new ones"
+                )
         elif decision.resume is not None and journal is not None:
             return journal  # the retrain to resume was ended meanwhile by another process
         else:
-            journal = _start(decision)
+            journal = _start(decision, settings)
             log(f"[retrain] {journal.id} of {journal.model}: " + "; ".join(journal.reasons))
         try:
             if journal.outcome:  # killed while it was being ended: end it
@@ -375,7 +385,18 @@ def execute(cfg: RetrainConfig, decision: Decision, log: Callable[[str], None] =
         return journal
 
 
-def _start(decision: Decision) -> Journal:
+def settings_key(cfg: RetrainConfig) -> str:
+    """What a retrain's work depends on besides its data: the pipeline's settings and contract
+    (`pipeline.run_key`, by content, not path), the search's and the rollout's. The gates are
+    read when the gate runs."""
+    pcfg = load_pipeline_config(cfg.pipeline)
+    search = redacted(load_search_config(cfg.search)) if cfg.search else None
+    trained = pipeline.run_key(pcfg, load_contract(pcfg.contract), "")
+    facts = [trained, search, redacted(cfg.rollout)]
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _start(decision: Decision, settings: str) -> Journal:
     tracking.configure()
     rid = f"{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     run = MlflowClient().create_run(
@@ -396,7 +417,7 @@ def _start(decision: Decision) -> Journal:
         decision.production,
         run.info.run_id,
     )
-    journal.update(step=VALIDATE, data=journal.data)
+    journal.update(step=VALIDATE, data=journal.data, settings=settings)
     return journal
 
 

@@ -246,16 +246,18 @@ def test_drift_with_a_worse_candidate_keeps_production_and_says_why(
     assert journal.outcome == retrain.SKIPPED and f"retrain {stopped.id} (kept" in journal.reason
 
     # killed while its outcome was being recorded (its MLflow run still running): resumed,
-    # it finishes recording it, and does nothing else
+    # it finishes recording it, and does nothing else; settings changed meanwhile are named
     MlflowClient().update_run(journal.mlflow_run_id, status="RUNNING")
     dataclasses.replace(journal, finished="").save()
     resumed = retrain.decide(config, now=now)
     assert "finish recording it" in resumed.reasons[0], resumed.reasons
     lines.clear()
-    ended = retrain.execute(config, resumed, lines.append)
+    slower = config.rollout.model_copy(update={"step_s": config.rollout.step_s + 1})
+    ended = retrain.execute(config.model_copy(update={"rollout": slower}), resumed, lines.append)
     assert ended.finished and ended.outcome == retrain.SKIPPED and ended.reason == journal.reason
     assert MlflowClient().get_run(journal.mlflow_run_id).info.status == "FINISHED"
-    assert len(lines) == 2 and lines[0].startswith("[retrain] resuming"), lines
+    assert len(lines) == 3 and lines[0].startswith("[retrain] resuming"), lines
+    assert "rollout settings changed since it started" in lines[1], lines
 
 
 def test_drift_with_a_better_candidate_goes_through_a_canary_into_production(
