@@ -252,11 +252,12 @@ def read_parquet(paths: str, **options: Any) -> ray.data.Dataset:
 def read_raw(source: Source, contract: Contract) -> ray.data.Dataset:
     """Read a source with Ray Data; CSV columns are kept as text for `coerce` to parse."""
     if source.fmt == "parquet":
+        pinned = pinned_args()
         with reading(source):  # the V1 reader reads a sample of the files, in a Ray task, here
-            ds = read_parquet(on_this_node(source.path), ray_remote_args=pinned_args())
+            ds = read_parquet(on_this_node(source.path), ray_remote_args=pinned)
         # Fused into the read tasks (the same resources): no task or copy of its own.
         return ds.map_batches(
-            _plain, batch_format="pyarrow", batch_size=None, zero_copy_batch=True, **pinned_args()
+            _plain, batch_format="pyarrow", batch_size=None, zero_copy_batch=True, **pinned
         )
     return ray.data.read_csv(
         on_this_node(source.path), ray_remote_args=pinned_args(), **csv_options(source.columns)
@@ -365,8 +366,9 @@ def _blank(raw: pd.Series, spec: ColumnSpec) -> np.ndarray:
         text = raw.astype("string").str.strip()
         return (raw.isna() | text.isin(null_tokens(spec))).to_numpy()
     missing = raw.isna().to_numpy(dtype=bool, na_value=True)
-    if pd.api.types.is_float_dtype(raw):  # NaN is missing, as in a NumPy column; an Arrow
-        # one (Ray's pandas batches) keeps it apart from null, and `as_frame`'s does not
+    if isinstance(raw.dtype, pd.ArrowDtype) and pd.api.types.is_float_dtype(raw):
+        # NaN is missing, as `isna` says of a NumPy column (`as_frame`'s); an Arrow one (Ray's
+        # pandas batches) keeps it apart from null
         missing |= np.isnan(raw.to_numpy(dtype=float, na_value=np.nan))
     # A typed (Parquet) column holds a numeric marker as a number: -999, not "-999".
     markers = pd.to_numeric(pd.Series(spec.null_values, dtype=object), errors="coerce")
