@@ -2,10 +2,13 @@
 data that breaks every kind of expectation a contract compiles to."""
 
 import datetime as dt
+import re
 
 import great_expectations as gx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from ray_app.data import rules, synth
@@ -218,3 +221,85 @@ def test_a_parquet_timestamp_with_a_zone_is_read_in_utc():
 
     raw = pd.Series(pd.to_datetime(["2026-01-05T10:00:00+01:00"], utc=True))
     assert ingest._parse(raw, "date").tolist() == [pd.Timestamp("2026-01-05 09:00")]
+
+
+PATTERNS = [
+    r"^C\d{9}$",
+    r"^[A-Z]{2}-\d+(?:\.\d+)?$",
+    r"a{,2}x",  # `{,n}`: a bound in `re`, literal text in RE2's syntax
+    r"^\w+\s\w+$",
+    r"[^a-z0-9]",
+    r"^(?:ab|cd)*?$",
+    r"x$",  # `re` also matches before a final newline
+    r"^.b",
+    r"\bword\b",  # no twin: a Unicode word boundary in `re`
+    r"[^\d]",  # no twin: RE2's \d is ASCII, so its negation matches more
+    r"(?i)^abc$",  # no twin: flags
+    r"(a)\1",  # no twin: RE2 has no back-references
+]
+TEXTS = [
+    "C123456789",
+    "C12345678",
+    "C\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669",  # Arabic-Indic digits: `re`'s \d
+    "C123456789\n",
+    "AB-12.5",
+    "AB-12.",
+    "aax",
+    "a{,2}x",
+    "x",
+    "hello world",
+    "h\u00e9llo w\u00f6rld",  # \w beyond ASCII
+    "hello\u00a0world",  # \s beyond ASCII
+    "abcd",
+    "ab\n",
+    "x\n",
+    "\nb",
+    "ab",
+    "a word here",
+    "wordy",
+    "caf\u00e9word",
+    "\u0663",
+    "ABC",
+    "aa",
+    "",
+]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_regex_rule_is_python_re_whatever_engine_answers_first(pattern):
+    """`_regex` lets Arrow's RE2 vouch for the values it matches and asks `re` about the rest;
+    on text where the two engines differ, the answer is still exactly `re`'s."""
+    values = pd.Series(TEXTS, index=range(100, 100 + len(TEXTS)), dtype=object)
+    got = rules._regex(values, pattern)
+    search = re.compile(pattern).search
+    assert got.tolist() == [search(t) is None for t in TEXTS]
+    assert got.index.equals(values.index)
+    twin = rules._re2_twin(pattern)
+    if twin is not None:  # what RE2 matches, `re` matches: RE2 is only ever a shortcut
+        found = pc.match_substring_regex(pa.array(TEXTS), twin).to_pylist()
+        assert all(search(t) for t, hit in zip(TEXTS, found, strict=True) if hit)
+
+
+def test_only_patterns_re2_matches_no_wider_get_a_twin():
+    assert rules._re2_twin(r"^C\d{9}$") == r"^\x{43}(?:[\d]){9,9}$"
+    assert rules._re2_twin(r"a{,2}") == r"(?:\x{61}){0,2}"
+    for pattern in (r"\bx", r"[^\d]", r"\D", r"\S+", r"(?i)x", r"(?m)^x", r"(a)\1", r"(?=a)"):
+        assert rules._re2_twin(pattern) is None, pattern
+    assert rules._re2_twin(r"a{1001}") is None  # beyond RE2's repeat limit
+
+
+def test_regex_rule_on_values_that_are_not_text_falls_back_to_re():
+    values = pd.Series([12, "C123456789", 3.5], dtype=object)
+    assert rules._regex(values, r"^C\d{9}$").tolist() == [True, False, True]
+
+
+def test_category_values_are_plain_strings_shared_not_copied():
+    from ray_app.data.contract import ColumnSpec
+    from ray_app.data.ingest import _coerce_text, _trimmed
+
+    raw = pd.Series([" basic", "premium", None, "basic ", "NA", "premium"], dtype=object)
+    spec = ColumnSpec(type="category", allowed=["basic", "premium"], null_values=["NA"])
+    values, bad = _coerce_text(raw, _trimmed(raw), spec)
+    assert values.tolist() == ["basic", "premium", None, "basic", None, "premium"]
+    assert values.dtype == object and not bad.any()
+    assert values[0] is values[3]  # one Python string per distinct value

@@ -146,10 +146,11 @@ def row_reasons(
         for column, bad in failures.items()
         if column not in unchecked
     ]
+    nulls: dict[str, np.ndarray] = {}
     for check in contract.checks():
         if set(check.key[1].split(",")) & set(unchecked):  # a pair rule's key is `A,B`
             continue
-        if check.max_fraction == 0.0 and (mask := rules.broken(typed, check)).any():
+        if check.max_fraction == 0.0 and (mask := rules.broken(typed, check, nulls)).any():
             broken.append((mask, f"{check.key[0]}({check.key[1]})"))
     reasons = np.full(len(typed), "", dtype=object)
     if broken:
@@ -204,8 +205,9 @@ def _validate_batch(batch: pd.DataFrame, contract_json: str) -> pd.DataFrame:
     for column, bad in failures.items():
         kind = contract.columns[column].type
         out.append(_row(f"expect_column_values_to_parse_as_{kind}", column, len(bad), list(bad)))
+    nulls: dict[str, np.ndarray] = {}
     for check in contract.checks():
-        mask = rules.broken(typed, check)
+        mask = rules.broken(typed, check, nulls)
         out.append(_row(*check.key, mask.sum(), rules.examples(typed, check, mask, MAX_EXAMPLES)))
     return pd.DataFrame(out)
 
