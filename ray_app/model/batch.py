@@ -67,6 +67,11 @@ BLOCK_BYTES = 32 << 20
 # either way: 2.8 s against 2.9-3.0 s for 1,000 rows. The model travels once to the object
 # store; each task (a block) deserialises it, a few milliseconds.
 SCORE_CPUS = 1.0
+# The output columns of few values, dictionary-encoded in the Parquet files. Parquet writers
+# try a dictionary for every column by default and give it up on a column of unique values
+# such as the id, after building most of it: writing a 250k-row block took 0.095 s so, against
+# 0.026 s with only these.
+DICTIONARY_COLUMNS = [LABEL, MODEL_VERSION, DATA_VERSION]
 
 
 @dataclass
@@ -239,7 +244,10 @@ def _score(
                 batch_size=batch_rows,
                 num_cpus=SCORE_CPUS,
             ).write_parquet(
-                on_this_node(staging), partition_cols=[STATUS], ray_remote_args=pinned_args()
+                on_this_node(staging),
+                partition_cols=[STATUS],
+                ray_remote_args=pinned_args(),
+                use_dictionary=DICTIONARY_COLUMNS,
             )
         scored, set_aside = (staging / f"{STATUS}={status}" for status in (SCORED, QUARANTINED))
         quarantined = _rows(set_aside)
