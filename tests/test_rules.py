@@ -291,6 +291,9 @@ def test_only_patterns_re2_matches_no_wider_get_a_twin():
 def test_regex_rule_on_values_that_are_not_text_falls_back_to_re():
     values = pd.Series([12, "C123456789", 3.5], dtype=object)
     assert rules._regex(values, r"^C\d{9}$").tolist() == [True, False, True]
+    # bytes are not text to `re` (it searches "b'...'"), whatever Arrow would make of them
+    assert rules._regex(pd.Series([b"abc", "abc"]), "^abc").tolist() == [True, False]
+    assert rules._regex(pd.Series(["\ud800x", "x"]), "x").tolist() == [False, False]
 
 
 def test_category_values_are_plain_strings_shared_not_copied():

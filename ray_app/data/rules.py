@@ -65,9 +65,11 @@ def _re2_matches(texts: np.ndarray, regex: str) -> np.ndarray | None:
     text, or RE2 will not compile the twin."""
     if (twin := _re2_twin(regex)) is None:
         return None
+    if pd.api.types.infer_dtype(texts, skipna=False) != "string":  # bytes would pass as text
+        return None
     try:
         found = pc.match_substring_regex(pa.array(texts, pa.string()), twin)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeError):
         return None
     return found.fill_null(False).to_numpy(zero_copy_only=False)
 
@@ -189,7 +191,8 @@ def broken(
         if kwargs.pop("ignore_row_if") != "either_value_is_missing":
             raise ValueError(f"no vectorised form for {check.type} with {check.kwargs}")
         judged = ~missing(a) & ~missing(b)
-        return judged & PAIR_CHECKS[check.type](typed[a], typed[b], **kwargs).to_numpy(bool)
+        found = PAIR_CHECKS[check.type](typed[a], typed[b], **kwargs)
+        return judged & found.to_numpy(bool, na_value=False)  # NA where `judged` is False
     column = kwargs.pop("column")
     if check.type == NOT_NULL:
         return missing(column).copy()  # the kept mask stays as it is
