@@ -36,7 +36,7 @@ import mlflow
 from croniter import croniter
 from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from ray_app import pipeline, registry, tracking
 from ray_app.config import (
@@ -574,17 +574,22 @@ def unjournaled_canary(journal: Journal, candidate: str, route: Route) -> str | 
     followed, not started again (which the live canary would refuse, leaving it to run on
     untracked). The route's live canary, or the recorded start of one that has ended since."""
     since = dt.datetime.fromisoformat(journal.started).timestamp()
-    live = route.canary
-    if live is not None and live.started_at >= since:
-        variant = next(v for v in route.variants if v.name == live.variant)
-        if variant.model == candidate:
-            return live.rollout_id
+    if route.canary_model == candidate and route.canary.started_at >= since:
+        return route.canary.rollout_id
     for event in reversed(registry.rollout_history(journal.model)):
         if dt.datetime.fromisoformat(event.when).timestamp() < since:
             break
-        if event.action == f"{CANARY}-start" and event.reason.startswith(f"{candidate} beside "):
+        if event.action == f"{CANARY}-start" and _recorded_canary(event) == candidate:
             return event.rollout_id
     return None
+
+
+def _recorded_canary(event: registry.RolloutEvent) -> str | None:
+    """The model whose canary a rollout event started: from the route it recorded as set."""
+    try:
+        return Route.model_validate_json(event.detail).canary_model
+    except ValidationError:  # an event of an older form, or a cut detail
+        return None
 
 
 def _end(journal: Journal, outcome: str, reason: str, cfg: RetrainConfig) -> None:
@@ -593,8 +598,11 @@ def _end(journal: Journal, outcome: str, reason: str, cfg: RetrainConfig) -> Non
     if outcome in (FAILED, ROLLED_BACK) and journal.rollout_id:
         _stop_canary(cfg, journal, reason)
     journal.update(outcome=outcome, reason=reason, step=DONE)
+    finished = _now().isoformat()  # the artifact holds the journal as it will be, finished
     client = MlflowClient()
-    client.log_dict(journal.mlflow_run_id, asdict(journal), "retrain.json")
+    client.log_dict(
+        journal.mlflow_run_id, {**asdict(journal), "finished": finished}, "retrain.json"
+    )
     status = RunStatus.FAILED if outcome == FAILED else RunStatus.FINISHED
     client.set_terminated(journal.mlflow_run_id, RunStatus.to_string(status))
     registry.record_rollout(
@@ -605,7 +613,7 @@ def _end(journal: Journal, outcome: str, reason: str, cfg: RetrainConfig) -> Non
         asdict(journal),
     )
     # Last: a retrain killed before this is resumed at its end (`execute`), and says it there.
-    journal.update(finished=_now().isoformat())
+    journal.update(finished=finished)
 
 
 def _stop_canary(cfg: RetrainConfig, journal: Journal, reason: str) -> None:

@@ -256,6 +256,8 @@ def test_drift_with_a_worse_candidate_keeps_production_and_says_why(
     ended = retrain.execute(config.model_copy(update={"rollout": slower}), resumed, lines.append)
     assert ended.finished and ended.outcome == retrain.SKIPPED and ended.reason == journal.reason
     assert MlflowClient().get_run(journal.mlflow_run_id).info.status == "FINISHED"
+    artifact = mlflow.artifacts.load_dict(f"runs:/{journal.mlflow_run_id}/retrain.json")
+    assert artifact == dataclasses.asdict(ended)  # the journal as it ended, `finished` too
     assert len(lines) == 3 and lines[0].startswith("[retrain] resuming"), lines
     assert "rollout settings changed since it started" in lines[1], lines
 
@@ -514,13 +516,17 @@ def test_a_canary_started_but_not_journaled_is_followed_not_started_again(result
 
     ended = Route(variants=[primary])  # back to one variant: only the history has it
     assert retrain.unjournaled_canary(journal, candidate, ended) is None
-    event = registry.record_rollout(
-        model, "canary-start", f"{candidate} beside {model}@production", f"canary@{now:.6f}"
-    )
+    # recorded as `rollout.deploy.start` records one: the route it set is the event's detail
+    other = canary_of(f"{model}/99", now - 1)
+    events = [
+        registry.record_rollout(model, "canary-start", "", r.canary.rollout_id, r.model_dump())
+        for r in (ours, other)
+    ]
     try:
-        assert retrain.unjournaled_canary(journal, candidate, ended) == event.rollout_id
+        assert retrain.unjournaled_canary(journal, candidate, ended) == ours.canary.rollout_id
+        assert retrain.unjournaled_canary(journal, f"{model}/98", ended) is None
     finally:  # the shared model's history, as it was
         client = MlflowClient()
         for key, value in client.get_registered_model(model).tags.items():
-            if key.startswith(registry.ROLLOUT_PREFIX) and event.when in value:
+            if key.startswith(registry.ROLLOUT_PREFIX) and any(e.when in value for e in events):
                 client.delete_registered_model_tag(model, key)
