@@ -36,7 +36,7 @@ import mlflow
 from croniter import croniter
 from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from ray_app import pipeline, registry, tracking
 from ray_app.config import (
@@ -585,10 +585,13 @@ def unjournaled_canary(journal: Journal, candidate: str, route: Route) -> str | 
 
 
 def _recorded_canary(event: registry.RolloutEvent) -> str | None:
-    """The model whose canary a rollout event started: from the route it recorded as set."""
+    """The model whose canary a rollout event started: from the route it recorded as set (read
+    as plain JSON, so that a route of an older or newer form is read too)."""
     try:
-        return Route.model_validate_json(event.detail).canary_model
-    except ValidationError:  # an event of an older form, or a cut detail
+        route = json.loads(event.detail)
+        variant = route["canary"]["variant"]
+        return next((v["model"] for v in route["variants"] if v["name"] == variant), None)
+    except (ValueError, KeyError, TypeError):  # no route recorded, or a cut one
         return None
 
 
@@ -598,11 +601,10 @@ def _end(journal: Journal, outcome: str, reason: str, cfg: RetrainConfig) -> Non
     if outcome in (FAILED, ROLLED_BACK) and journal.rollout_id:
         _stop_canary(cfg, journal, reason)
     journal.update(outcome=outcome, reason=reason, step=DONE)
-    finished = _now().isoformat()  # the artifact holds the journal as it will be, finished
+    finished = _now().isoformat()  # what is recorded holds the journal as it ends, finished
+    ended = {**asdict(journal), "finished": finished}
     client = MlflowClient()
-    client.log_dict(
-        journal.mlflow_run_id, {**asdict(journal), "finished": finished}, "retrain.json"
-    )
+    client.log_dict(journal.mlflow_run_id, ended, "retrain.json")
     status = RunStatus.FAILED if outcome == FAILED else RunStatus.FINISHED
     client.set_terminated(journal.mlflow_run_id, RunStatus.to_string(status))
     registry.record_rollout(
@@ -610,7 +612,7 @@ def _end(journal: Journal, outcome: str, reason: str, cfg: RetrainConfig) -> Non
         f"retrain-{outcome.replace(' ', '-')}",
         reason,
         journal.rollout_id,
-        asdict(journal),
+        ended,
     )
     # Last: a retrain killed before this is resumed at its end (`execute`), and says it there.
     journal.update(finished=finished)

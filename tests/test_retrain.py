@@ -517,11 +517,14 @@ def test_a_canary_started_but_not_journaled_is_followed_not_started_again(result
     ended = Route(variants=[primary])  # back to one variant: only the history has it
     assert retrain.unjournaled_canary(journal, candidate, ended) is None
     # recorded as `rollout.deploy.start` records one: the route it set is the event's detail
+    # (ours by a later version that added a field to routes, which is read all the same)
     other = canary_of(f"{model}/99", now - 1)
     events = [
-        registry.record_rollout(model, "canary-start", "", r.canary.rollout_id, r.model_dump())
-        for r in (ours, other)
-    ]
+        registry.record_rollout(model, "canary-start", "", r.canary.rollout_id, detail)
+        for r, detail in ((ours, {**ours.model_dump(), "added": 1}), (other, other.model_dump()))
+    ]  # then two it cannot read, which do not stop it looking further back
+    cut = ours.model_dump_json()[:40]
+    events += [registry.record_rollout(model, "canary-start", "", "x", d) for d in (None, cut)]
     try:
         assert retrain.unjournaled_canary(journal, candidate, ended) == ours.canary.rollout_id
         assert retrain.unjournaled_canary(journal, f"{model}/98", ended) is None
