@@ -33,7 +33,7 @@ def run_ray(path: Path, contract_path: Path) -> dict:
     contract = load_contract(contract_path)
     source = inspect_source(path, contract)
     start = time.perf_counter()
-    report = validate(read_raw(source, contract), contract, source, batch_size=100_000)
+    report = validate(read_raw(source), contract, source, batch_size=100_000)
     return {"seconds": time.perf_counter() - start, "rows": report.rows, "ok": report.success}
 
 

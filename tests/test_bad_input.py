@@ -21,7 +21,7 @@ def clean(tmp_path_factory) -> pd.DataFrame:
 def _report(ray_session, contract, frame: pd.DataFrame, path):
     frame.to_csv(path, index=False)
     source = inspect_source(path, contract)
-    report = validate(read_raw(source, contract), contract, source, batch_size=700)
+    report = validate(read_raw(source), contract, source, batch_size=700)
     with pytest.raises(DataError) as err:
         report.raise_for_failures()
     assert str(path) in str(err.value)
@@ -53,7 +53,7 @@ def test_a_few_nulls_within_the_allowed_fraction_pass(ray_session, contract, cle
     frame, _ = _damage(clean, "gender", 50, "")
     frame.to_csv(tmp_path / "ok.csv", index=False)
     source = inspect_source(tmp_path / "ok.csv", contract)
-    assert validate(read_raw(source, contract), contract, source, 700).success
+    assert validate(read_raw(source), contract, source, 700).success
 
 
 def test_negative_amounts(ray_session, contract, clean, tmp_path):
@@ -105,7 +105,7 @@ def test_ragged_rows_are_reported_as_unreadable(ray_session, contract, clean, tm
         f.write("only,three,fields\n")
     source = inspect_source(path, contract)
     with pytest.raises(DataError, match="could not be read as csv") as err:
-        validate(read_raw(source, contract), contract, source, 700)
+        validate(read_raw(source), contract, source, 700)
     assert str(path) in str(err.value)
 
 
@@ -116,7 +116,7 @@ def test_non_utf8_bytes_after_the_header(ray_session, contract, clean, tmp_path)
         f.write(",".join(["C\xe9"] * len(clean.columns)).encode("latin-1") + b"\n")
     source = inspect_source(path, contract)
     with pytest.raises(DataError) as err:
-        validate(read_raw(source, contract), contract, source, 700).raise_for_failures()
+        validate(read_raw(source), contract, source, 700).raise_for_failures()
     assert str(path) in str(err.value)
 
 

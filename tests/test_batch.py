@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from ray_app import registry
 from ray_app.cli import app as cli
 from ray_app.data import synth
-from ray_app.data.ingest import DataError, dataset_version
-from ray_app.model.batch import _score_batch, batch_predict
+from ray_app.data.ingest import DataError, dataset_version, open_source
+from ray_app.model.batch import _score_batch, batch_predict, judged, scoring_contract
 from ray_app.model.logged import load
 from ray_app.model.ref import ModelRef
 from ray_app.model.scoring import Scorer
@@ -83,6 +83,31 @@ def test_the_label_and_sensitive_columns_may_be_absent_but_inputs_may_not(result
         batch_predict(result.model_name, tmp_path / "no_age.parquet", tmp_path / "out2")
     with pytest.raises(DataError, match="exists"):
         batch_predict(result.model_name, tmp_path / "unlabelled.csv", tmp_path / "out")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_wide_table_is_scored_from_its_judged_columns_and_set_aside_whole(result, tmp_path, fmt):
+    """The scoring pass reads only the columns rows are judged by; a row set aside keeps every
+    column it had, the ones never parsed to score it too."""
+    frame = pd.read_csv(synth.write(tmp_path / "full.csv", 300, seed=45))
+    frame["notes"] = "free text the contract does not name"
+    frame["churned"] = "unknown"  # the label, which the model does not read
+    frame.loc[7, "monthly_charge"] = -1.0
+    path = tmp_path / f"wide.{fmt}"
+    frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path)
+    source = open_source(path)
+    loaded = load(ModelRef(result.model_name, version=result.model_version))
+    read = judged(scoring_contract(loaded.contract, source), source)
+    assert "customer_id" in read and "gender" in read and not {"notes", "churned"} & set(read)
+
+    done = batch_predict(result.model_name, path, tmp_path / "out")
+    assert (done.scored, done.quarantined) == (299, 1)
+    held = pq.read_table(done.quarantine).to_pandas()
+    assert held["customer_id"].tolist() == [frame.loc[7, "customer_id"]]
+    assert (held["notes"].tolist(), held["churned"].tolist()) == (
+        [frame.loc[0, "notes"]],
+        ["unknown"],
+    )
 
 
 def test_a_table_of_only_bad_rows_scores_nothing_and_loses_none(result, tmp_path):

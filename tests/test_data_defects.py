@@ -35,7 +35,7 @@ def frame(clean) -> pd.DataFrame:
 
 def _validate(path: Path, contract, batch_size: int = BATCH):
     source = inspect_source(path, contract)
-    return source, validate(read_raw(source, contract), contract, source, batch_size)
+    return source, validate(read_raw(source), contract, source, batch_size)
 
 
 def _with_spec(contract, column: str, **changes):
@@ -56,7 +56,7 @@ def test_byte_order_mark_is_read_with_every_row(ray_session, contract, clean, tm
     assert report.success, report.failures
     assert report.rows == ROWS
     assert source.version == hashlib.sha256(data).hexdigest()[:16] != dataset_version(clean)
-    read = read_raw(source, contract).to_pandas().reset_index(drop=True)
+    read = read_raw(source).to_pandas().reset_index(drop=True)
     expected = pd.read_csv(clean, dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(read.astype(object), expected)  # the first column too
 

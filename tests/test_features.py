@@ -21,8 +21,8 @@ from ray_app.model.schema import request_models, to_records
 def snapshot(ray_session, contract, churn_csv, tmp_path_factory):
     source = inspect_source(churn_csv, contract)
     store = DataStore(tmp_path_factory.mktemp("store"))
-    report = validate(read_raw(source, contract), contract, source, 5_000)
-    return write_snapshot(read_raw(source, contract), contract, source, report, store)
+    report = validate(read_raw(source), contract, source, 5_000)
+    return write_snapshot(read_raw(source), contract, source, report, store)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def test_draft_from_builtin_data_roles_and_types(ray_session, tmp_path):
     assert contract.columns["monthly_charge"].type == "float"
     assert contract.sensitive_columns == ["gender"] and "gender" not in contract.feature_columns
     source = inspect_source(data, contract)
-    assert validate(read_raw(source, contract), contract, source, 1_000).success
+    assert validate(read_raw(source), contract, source, 1_000).success
 
 
 def test_reference_profile_passes_same_distribution_and_catches_drift(ray_session, tmp_path):
@@ -46,7 +46,7 @@ def test_reference_profile_passes_same_distribution_and_catches_drift(ray_sessio
 
     def check(path):
         source = inspect_source(path, contract)
-        return validate(read_raw(source, contract), contract, source, 5_000)
+        return validate(read_raw(source), contract, source, 5_000)
 
     fresh = synth.write(tmp_path / "fresh.csv", 20_000, seed=2)  # new rows, same process
     assert check(fresh).success, check(fresh).failures
@@ -69,7 +69,7 @@ def test_draft_from_telco_passes_on_telco(ray_session, tmp_path):
     total = contract.columns["TotalCharges"]
     assert total.type == "float" and total.nullable and 0 < total.max_null_fraction < 0.01
     source = inspect_source(TELCO, contract)
-    assert validate(read_raw(source, contract), contract, source, 5_000).success
+    assert validate(read_raw(source), contract, source, 5_000).success
 
 
 def test_missing_value_markers_are_flagged_read_as_missing_and_validate(ray_session, tmp_path):
@@ -93,7 +93,7 @@ def test_missing_value_markers_are_flagged_read_as_missing_and_validate(ray_sess
     for spec in (age, plan):
         assert spec.null_values == ["?"] and spec.nullable and 0 < spec.max_null_fraction < 0.1
     source = inspect_source(data, contract)
-    report = validate(read_raw(source, contract), contract, source, 1_000)
+    report = validate(read_raw(source), contract, source, 1_000)
     assert report.success, report.failures
 
 

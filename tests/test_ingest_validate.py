@@ -22,7 +22,7 @@ from ray_app.data.validate import row_reasons, validate
 
 def _validate(path, contract, batch_size=2_000):
     source = inspect_source(path, contract)
-    return source, validate(read_raw(source, contract), contract, source, batch_size)
+    return source, validate(read_raw(source), contract, source, batch_size)
 
 
 def test_good_data_passes_every_check(ray_session, contract, churn_csv):
@@ -137,7 +137,7 @@ def test_parquet_input_and_immutable_snapshot(ray_session, contract, tmp_path):
     source, report = _validate(path, contract)
     assert report.success and source.fmt == "parquet"
     store = DataStore(tmp_path / "store")
-    snap = write_snapshot(read_raw(source, contract), contract, source, report, store)
+    snap = write_snapshot(read_raw(source), contract, source, report, store)
     folder = tmp_path / "store" / source.version
     assert snap.url == str(folder / snap.attempt)
     assert sorted(p.name for p in folder.iterdir()) == [META_FILE, snap.attempt]
@@ -148,7 +148,7 @@ def test_parquet_input_and_immutable_snapshot(ray_session, contract, tmp_path):
     assert schema.field("age").type == pa.int64()
     assert schema.field("plan").type == pa.string()
     stamp = (folder / META_FILE).stat().st_mtime_ns
-    again = write_snapshot(read_raw(source, contract), contract, source, report, store)
+    again = write_snapshot(read_raw(source), contract, source, report, store)
     assert again == snap
     assert (folder / META_FILE).stat().st_mtime_ns == stamp  # reused, not rewritten
 
@@ -312,7 +312,7 @@ def test_what_pandas_wrote_for_its_index_is_not_read_as_one(ray_session, contrac
     assert found == {(parse, "age"): 1, (null, "age"): 1}, report.failures
     assert report.rows == 3_000
 
-    batch = read_raw(source, contract).take_batch(3_000, batch_format="pyarrow")
+    batch = read_raw(source).take_batch(3_000, batch_format="pyarrow")
     _, reasons = row_reasons(as_frame(batch), contract.model_dump_json())
     assert (reasons != "").sum() == 1 and batch.num_columns == len(frame.columns)
 

@@ -280,6 +280,13 @@ def test_regex_rule_is_python_re_whatever_engine_answers_first(pattern):
         assert all(search(t) for t, hit in zip(TEXTS, found, strict=True) if hit)
 
 
+def test_a_contract_id_pattern_is_matched_by_re2_first():
+    """The shortcut is taken on this Python (it reads `re`'s private parse tree, and would
+    fall back to `re` alone, slower but right, if that changed)."""
+    texts = np.array(["C123456789", "C12", "x"], dtype=object)
+    assert rules._re2_matches(texts, r"^C\d{9}$").tolist() == [True, False, False]
+
+
 def test_only_patterns_re2_matches_no_wider_get_a_twin():
     assert rules._re2_twin(r"^C\d{9}$") == r"^\x{43}(?:[\d]){9,9}$"
     assert rules._re2_twin(r"a{,2}") == r"(?:\x{61}){0,2}"

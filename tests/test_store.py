@@ -42,7 +42,7 @@ def store(s3_uri):
 @pytest.fixture(scope="module")
 def validated(ray_session, contract, churn_csv):
     source = inspect_source(churn_csv, contract)
-    return source, validate(read_raw(source, contract), contract, source, 5_000)
+    return source, validate(read_raw(source), contract, source, 5_000)
 
 
 def test_uri_is_shown_without_its_query(store):
@@ -52,13 +52,13 @@ def test_uri_is_shown_without_its_query(store):
 
 def test_snapshot_round_trip_on_s3(store, contract, validated):
     source, report = validated
-    snap = write_snapshot(read_raw(source, contract), contract, source, report, store)
+    snap = write_snapshot(read_raw(source), contract, source, report, store)
     assert snap.url == f"s3://snapshots/team-a/{source.version}/{snap.attempt}"
     assert read_snapshot(snap).count() == report.rows
     assert "passed" in snap.read_text("validation.html")
     assert [s.version for s in list_snapshots(store)] == [source.version]
     assert find_snapshot(store, source.version, contract) == snap
-    again = write_snapshot(read_raw(source, contract), contract, source, report, store)
+    again = write_snapshot(read_raw(source), contract, source, report, store)
     assert again.attempt == snap.attempt  # immutable: reused, not rewritten
 
 
@@ -71,7 +71,7 @@ def test_failed_write_leaves_nothing_a_reader_trusts(store, contract, validated,
 
     monkeypatch.setattr(store, "write_text", broken)
     with pytest.raises(OSError, match="connection reset"):
-        write_snapshot(read_raw(source, contract), contract, other, report, store)
+        write_snapshot(read_raw(source), contract, other, report, store)
     monkeypatch.undo()
     assert store.folders(other.version) == []  # the attempt's parts were removed
     assert other.version not in [s.version for s in list_snapshots(store)]
@@ -85,7 +85,7 @@ def test_an_uncommitted_attempt_is_ignored_then_cleared(store, contract, validat
     store.write_text("half a part file", crashed, "attempt-old", "part-0.parquet")
     assert crashed not in [s.version for s in list_snapshots(store)]
     other = source.__class__(**{**source.__dict__, "version": crashed})
-    snap = write_snapshot(read_raw(source, contract), contract, other, report, store)
+    snap = write_snapshot(read_raw(source), contract, other, report, store)
     assert sorted(store.folders(crashed)) == [snap.attempt]
     assert store.is_file(crashed, META_FILE)
 

@@ -103,6 +103,8 @@ def _re2_twin(regex: str) -> str | None:
         if tree.state.flags & ~re.UNICODE:
             return None
         return _re2_sequence(tree)
+    # `re`'s parser is private: a parse tree of another shape (a later Python) leaves `re`
+    # alone, slower but right (tests/test_rules.py checks the shortcut is taken here)
     except (_NoTwin, re.error, TypeError, ValueError, AttributeError):
         return None
 

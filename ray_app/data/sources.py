@@ -34,14 +34,14 @@ def ingest(cfg: PipelineConfig, contract: Contract, data: Path, step: Steps) -> 
     """Validate a source against its contract and snapshot it; bad data stops here."""
     home = rayapp_home()
     source = inspect_source(data, contract)
-    report = validate(read_raw(source, contract), contract, source, cfg.data.batch_size)
+    report = validate(read_raw(source), contract, source, cfg.data.batch_size)
     quarantined = 0
     if not report.success:
         page = validation_report.write(report, home / "reports" / source.version)
         if not (cfg.data.policy == "quarantine" and report.quarantinable):
             report.raise_for_failures(f"full report: {page}")
         folder, quarantined = quarantine(
-            read_raw(source, contract),
+            read_raw(source),
             contract,
             source,
             report.rows,
@@ -51,7 +51,7 @@ def ingest(cfg: PipelineConfig, contract: Contract, data: Path, step: Steps) -> 
         step(f"[quarantine] {quarantined} of {report.rows} rows set aside with reasons in {folder}")
         # The checks of the whole table (row count, both label classes, null fractions) were
         # judged with the bad rows in: judged again on what is kept, before it is snapshotted.
-        kept = read_raw(source, contract).map_batches(
+        kept = read_raw(source).map_batches(
             good_rows,
             fn_kwargs={"contract_json": contract.model_dump_json()},
             batch_format="pandas",
@@ -66,7 +66,7 @@ def ingest(cfg: PipelineConfig, contract: Contract, data: Path, step: Steps) -> 
         f"dataset version {source.version}"
     )
     store = open_store(cfg.data.store)
-    snap = write_snapshot(read_raw(source, contract), contract, source, report, store, quarantined)
+    snap = write_snapshot(read_raw(source), contract, source, report, store, quarantined)
     step(f"[snapshot] typed Parquet snapshot at {snap.url}")
     return snap
 

@@ -146,6 +146,15 @@ def unchecked(contract: Contract) -> tuple[str, ...]:
     return tuple(name for name in contract.columns if name not in judged)
 
 
+def judged(contract: Contract, source: Source) -> list[str]:
+    """The table's columns the scoring pass reads: those it judges rows by. A column the model
+    does not read, and any the contract does not name, is never parsed (a wide table costs no
+    more than its model's columns); the quarantine pass reads every column, to keep rows as
+    they were."""
+    skipped = set(unchecked(contract))
+    return [c for c in source.columns if c in contract.columns and c not in skipped]
+
+
 def output_schema(contract: Contract, scorer: Scorer) -> pa.Schema:
     """The columns of the scored output, the same in every file whatever its rows (a block of
     only quarantined rows has no label to infer a type from): the id as the contract types it,
@@ -233,7 +242,7 @@ def _score(
     staging = out.with_name(f".tmp-{out.name}-{uuid.uuid4().hex[:8]}")
     try:
         with _execution(BLOCK_BYTES), reading(source):
-            read_raw(source, contract).map_batches(
+            read_raw(source, judged(contract, source)).map_batches(
                 _score_batch,
                 fn_kwargs={
                     "scorer": scorer,
@@ -252,7 +261,7 @@ def _score(
         scored, set_aside = (staging / f"{STATUS}={status}" for status in (SCORED, QUARANTINED))
         quarantined = _rows(set_aside)
         if quarantined:  # rare: read again, keeping the bad rows as read, rather than every row
-            bad = read_raw(source, contract).map_batches(
+            bad = read_raw(source).map_batches(
                 _quarantined,
                 fn_kwargs={"contract_json": contract.model_dump_json()},
                 batch_format="pyarrow",
