@@ -375,7 +375,8 @@ def describe(result: BatchResult) -> list[str]:
     ]
     if result.quarantine:
         lines.append(
-            f"[batch] {result.quarantined:,} rows break the contract: not scored, written with "
-            f"the reason to {result.quarantine}"
+            f"[batch] {result.quarantined:,} "
+            f"{'row breaks' if result.quarantined == 1 else 'rows break'} the contract: not "
+            f"scored, written with the reason to {result.quarantine}"
         )
     return lines
