@@ -574,24 +574,29 @@ def unjournaled_canary(journal: Journal, candidate: str, route: Route) -> str | 
     followed, not started again (which the live canary would refuse, leaving it to run on
     untracked). The route's live canary, or the recorded start of one that has ended since."""
     since = dt.datetime.fromisoformat(journal.started).timestamp()
-    if route.canary_model == candidate and route.canary.started_at >= since:
+    live = route.model_dump(mode="json")
+    if _canary_model(live) == candidate and route.canary.started_at >= since:
         return route.canary.rollout_id
     for event in reversed(registry.rollout_history(journal.model)):
         if dt.datetime.fromisoformat(event.when).timestamp() < since:
             break
-        if event.action == f"{CANARY}-start" and _recorded_canary(event) == candidate:
-            return event.rollout_id
+        if event.action == f"{CANARY}-start":
+            try:
+                recorded = json.loads(event.detail)  # the route the start set
+            except ValueError:  # none recorded, or a cut one
+                continue
+            if _canary_model(recorded) == candidate:
+                return event.rollout_id
     return None
 
 
-def _recorded_canary(event: registry.RolloutEvent) -> str | None:
-    """The model whose canary a rollout event started: from the route it recorded as set (read
-    as plain JSON, so that a route of an older or newer form is read too)."""
+def _canary_model(route: Any) -> str | None:
+    """The model a route's canary share goes to, read from the route as JSON data (so that a
+    recorded route of an older or newer form is read too); None without a canary."""
     try:
-        route = json.loads(event.detail)
         variant = route["canary"]["variant"]
         return next((v["model"] for v in route["variants"] if v["name"] == variant), None)
-    except (ValueError, KeyError, TypeError):  # no route recorded, or a cut one
+    except (KeyError, TypeError):
         return None
 
 

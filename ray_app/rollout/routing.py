@@ -130,13 +130,6 @@ class Route(_Strict):
     def primary(self) -> Variant:
         return self.variants[0]
 
-    @property
-    def canary_model(self) -> str | None:
-        """The model the canary's share goes to; None without a canary."""
-        if self.canary is None:
-            return None
-        return next((v.model for v in self.variants if v.name == self.canary.variant), None)
-
     def weights(self, now: float, canary_stopped: bool = False) -> dict[str, float]:
         """Percent per variant now: the canary's from its schedule (0 once stopped), the rest
         to the primary."""
