@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import ray.data
 import ray.exceptions
 
 from ray_app.data.contract import ColumnSpec, Contract
+from ray_app.data.parquet_files import PANDAS_INDEX, RowGroups, parquet_files
 from ray_app.errors import RayAppError
 
 # Ray Data loggers that print a failed task's traceback before it is raised; `reading` reports
@@ -51,10 +51,6 @@ ARROW_TYPES = {
 # silently changed. Identifiers that large belong in a `string` column.
 MAX_SAFE_INTEGER = 2**53 - 1
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
-
-
-# The columns pandas writes for an index that is not a plain range (`__index_level_0__`).
-PANDAS_INDEX = re.compile(r"__index_level_\d+__")
 
 
 class DataError(RayAppError, ValueError):
@@ -87,7 +83,7 @@ def _parquet_columns(folder: Path) -> list[str]:
     partitions are folders). Files that disagree are refused here, naming the file: inside
     Ray a file without a column fails a task that does not say which file, or, where a
     contract lets the column be absent, reads as nulls."""
-    files = sorted(folder.rglob("*.parquet"))
+    files = parquet_files(folder)
     if not files:
         raise DataError(
             f"{folder}: a folder to read must hold .parquet files, and this one has none "
@@ -123,22 +119,12 @@ def _format(file: Path) -> str:
 
 
 def _schema(file: Path) -> pa.Schema:
-    """A Parquet file's columns as this project reads them (`_plain`)."""
+    """A Parquet file's columns as this project reads them (`parquet_files.plain`)."""
     try:
         schema = pq.read_schema(file)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{file}: not a readable Parquet file ({e})") from None
     return pa.schema([f for f in schema if not PANDAS_INDEX.fullmatch(f.name)])
-
-
-def _plain(table: pa.Table) -> pa.Table:
-    """A Parquet block as its columns, without what pandas wrote for its index. From the file's
-    pandas metadata, Ray's and Arrow's `to_pandas` would make an index again: an id written
-    with `set_index` would no longer be a column, and a filtered frame's row labels (which
-    repeat across files) would be the batch's. A named index stays a column; pandas' unnamed
-    index columns (`__index_level_0__`) go."""
-    keep = [name for name in table.column_names if not PANDAS_INDEX.fullmatch(name)]
-    return table.select(keep).replace_schema_metadata(None)
 
 
 def _header(file: Path, fmt: str) -> list[str]:
@@ -226,7 +212,7 @@ def on_this_node(path: Path) -> str:
 
 
 def pinned_args() -> dict[str, Any]:
-    """`ray_remote_args` for the read and write tasks `on_this_node` pins to this node. A
+    """`ray_remote_args` for the read and write tasks pinned to this node. A
     cluster head started without task CPUs, as `cluster.yaml` and `kuberay/` start it so that
     work goes to the workers, could never run a task that asks for one, and Ray refuses such a
     pin: there these tasks ask for none."""
@@ -237,10 +223,11 @@ def pinned_args() -> dict[str, Any]:
 
 def read_parquet(paths: str, **options: Any) -> ray.data.Dataset:
     """`ray.data.read_parquet` through Ray's V1 Parquet datasource (`DataContext.use_datasource_v2`
-    off for this call). The V2 default reads every footer on a pool of `FooterReader` actors that
-    it starts, and kills, on each read: a new Ray process before the first row, 2.7 of the 3.2 s
-    that batch scoring 1,000 rows took here. V1 lists the files where it is called and reads a
-    sample of their footers in Ray tasks, which reuse the idle worker processes."""
+    off for this call), for a store's snapshots, which may be on an object store. The V2 default
+    reads every footer on a pool of `FooterReader` actors that it starts, and kills, on each
+    read: a new Ray process before the first row, 2.7 of the 3.2 s that batch scoring 1,000 rows
+    took here. V1 lists the files where it is called and reads a sample of their footers in Ray
+    tasks, which reuse the idle worker processes."""
     context = ray.data.DataContext.get_current()
     before, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
@@ -251,15 +238,14 @@ def read_parquet(paths: str, **options: Any) -> ray.data.Dataset:
 
 def read_raw(source: Source, columns: list[str] | None = None) -> ray.data.Dataset:
     """Read a source with Ray Data: every column, or only `columns` (Parquet reads nothing of
-    the others; CSV parses no value of them). CSV columns are kept as text for `coerce`."""
+    the others; CSV parses no value of them). CSV columns are kept as text for `coerce`.
+    Parquet is read by row groups (`parquet_files.RowGroups`) in tasks on this node."""
     if source.fmt == "parquet":
-        pinned = pinned_args()
-        with reading(source):  # the V1 reader reads a sample of the files, in a Ray task, here
-            ds = read_parquet(on_this_node(source.path), ray_remote_args=pinned, columns=columns)
-        # Fused into the read tasks (the same resources): no task or copy of its own.
-        return ds.map_batches(
-            _plain, batch_format="pyarrow", batch_size=None, zero_copy_batch=True, **pinned
-        )
+        try:
+            files = RowGroups(parquet_files(source.path), columns)
+        except (pa.ArrowInvalid, OSError) as e:  # a footer changed since `open_source`
+            raise unreadable(source, str(e)) from None
+        return ray.data.read_datasource(files, **pinned_args())
     options = csv_options(source.columns)
     if columns is not None:
         options["convert_options"].include_columns = columns
@@ -284,7 +270,7 @@ def read_problem(source: Source) -> str | None:
 
 
 def _parquet_problem(path: Path) -> str | None:
-    for file in sorted(path.rglob("*.parquet")) if path.is_dir() else [path]:
+    for file in parquet_files(path):
         try:
             for _ in pq.ParquetFile(file).iter_batches():
                 pass

@@ -1,0 +1,61 @@
+"""A table's Parquet files read by row groups: one file splits across read tasks, every row
+read once, as written, with only the columns asked for."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ray_app.data.parquet_files import RowGroups, parquet_files
+
+
+@pytest.fixture
+def one_file(tmp_path):
+    """One file of 10 row groups of 1,000 rows, with the index pandas writes for a frame
+    whose rows are not numbered 0..n."""
+    frame = pd.DataFrame(
+        {"id": range(10_000), "text": [f"v{i}" for i in range(10_000)], "x": 0.5},
+        index=range(5, 10_005),
+    )
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.Table.from_pandas(frame), path, row_group_size=1_000)
+    return path, frame.reset_index(drop=True)
+
+
+def test_one_file_is_read_by_several_tasks_each_a_run_of_its_row_groups(one_file):
+    path, _ = one_file
+    tasks = RowGroups([path]).get_read_tasks(4)
+    assert len(tasks) == 4
+    assert [t.metadata.num_rows for t in tasks] == [3_000, 3_000, 2_000, 2_000]
+    ids = [table["id"].to_pylist() for task in tasks for table in task()]
+    assert sum(ids, []) == list(range(10_000))  # in file order, each row once
+    assert RowGroups([path]).supports_distributed_reads is False  # read where the files are
+
+
+def test_rows_come_out_as_written_without_pandas_index(one_file, ray_session):
+    path, frame = one_file
+    read = ray_session.data.read_datasource(RowGroups(parquet_files(path))).to_pandas()
+    assert list(read.columns) == ["id", "text", "x"]
+    assert read.sort_values("id").to_dict("list") == frame.to_dict("list")
+
+
+def test_only_the_columns_asked_for_are_read_and_sized(one_file):
+    path, _ = one_file
+    everything, some = RowGroups([path]), RowGroups([path], ["id"])
+    assert some.estimate_inmemory_data_size() < everything.estimate_inmemory_data_size()
+    [table, *_] = some.get_read_tasks(1)[0]()
+    assert table.column_names == ["id"]
+
+
+def test_a_folder_is_its_parquet_files_at_any_depth_and_a_file_without_rows_no_task(tmp_path):
+    (tmp_path / "day=1").mkdir()
+    empty = pa.table({"id": pa.array([], pa.int64())})
+    pq.write_table(pa.table({"id": [1, 2]}), tmp_path / "day=1" / "a.parquet")
+    pq.write_table(empty, tmp_path / "b.parquet")
+    (tmp_path / "_SUCCESS").write_text("")
+    files = parquet_files(tmp_path)
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["b.parquet", "day=1/a.parquet"]
+    tasks = RowGroups(files).get_read_tasks(8)
+    assert [t.metadata.num_rows for t in tasks] == [2]
