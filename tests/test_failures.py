@@ -303,7 +303,8 @@ def test_requests_keep_succeeding_while_a_router_replica_is_killed(result, servi
     assert after > 50, f"only {after} requests after the kill"
     # The goal is zero. HAProxy replays a request the dying replica had not begun to answer
     # (RAY_SERVE_HAPROXY_RETRY_ON), and a replica sends an answer's headers with its body
-    # (ray_app/serve/wire.py), so none is cut short any more (2 of 7,850 were before). Once
+    # (ray_app/serve/wire.py): to cut one short it must now die between two socket writes
+    # microseconds apart, where before a loop turn lay between them (2 of 7,850 were cut). Once
     # in 6,911 requests, 0.12 s after the kill, a client's connection closed with no answer:
     # tolerated at most once per client, and shown.
     unanswered = [f for f in failed if "RemoteDisconnected" in f[1]]

@@ -51,11 +51,24 @@ def test_only_the_columns_asked_for_are_read_and_sized(one_file):
 
 def test_a_folder_is_its_parquet_files_at_any_depth_and_a_file_without_rows_no_task(tmp_path):
     (tmp_path / "day=1").mkdir()
-    empty = pa.table({"id": pa.array([], pa.int64())})
-    pq.write_table(pa.table({"id": [1, 2]}), tmp_path / "day=1" / "a.parquet")
-    pq.write_table(empty, tmp_path / "b.parquet")
+    (tmp_path / "_temporary" / "0").mkdir(parents=True)
+    one = pa.table({"id": [1, 2]})
+    pq.write_table(one, tmp_path / "day=1" / "a.parquet")
+    pq.write_table(pa.table({"id": pa.array([], pa.int64())}), tmp_path / "b.parquet")
+    # Not data, as Ray Data and Spark see it: an unfinished write's leftovers, hidden files.
+    pq.write_table(one, tmp_path / "_temporary" / "0" / "part-0.parquet")
+    pq.write_table(one, tmp_path / ".c.parquet.crc.parquet")
     (tmp_path / "_SUCCESS").write_text("")
     files = parquet_files(tmp_path)
     assert [f.relative_to(tmp_path).as_posix() for f in files] == ["b.parquet", "day=1/a.parquet"]
     tasks = RowGroups(files).get_read_tasks(8)
     assert [t.metadata.num_rows for t in tasks] == [2]
+
+
+def test_a_file_that_lost_a_column_since_it_was_opened_says_so(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": [1], "x": [0.5]}), path)
+    reader = RowGroups([path], ["id", "x"])
+    pq.write_table(pa.table({"id": [1]}), path)  # rewritten between the footer and the read
+    with pytest.raises(ValueError, match=r"t.parquet: no column \['x'\]"):
+        list(reader.get_read_tasks(1)[0]())

@@ -1,5 +1,5 @@
 """A table's local Parquet files as Ray Data reads them here: split into read tasks by row
-group, so that one large file is read by several tasks at once.
+group, so that a large file of several row groups is read by several tasks at once.
 
 Ray Data's V1 Parquet reader gives each file one read task. A table in a single file (the
 usual export) was read by one task, and scoring sat waiting for its first 32 MiB block with a
@@ -7,9 +7,10 @@ CPU idle: at 1M rows, 0.3 to 0.5 s of a 1.5 s call. Its V2 reader splits files b
 but reads their footers on a pool of actors that it starts, and kills, on every read (2.7 s
 before the first row here). The footers are read here instead, on the driver, where
 `open_source` has just read them: 10 footers of a 1M-row file in milliseconds. Each read task
-takes a run of row groups in file order; downstream operators that batch rows
-(`map_batches(batch_size=...)`) are not fused into these tasks, so on a cluster the reads stay
-on the node that has the files and the work after them goes wherever Ray has CPUs.
+takes a run of row groups in file order. A file of one row group (pandas writes up to 1Mi rows
+so) is still one task. Downstream operators that batch rows (`map_batches(batch_size=...)`)
+are not fused into these tasks, so on a cluster the reads stay on the node that has the files
+and the work after them goes wherever Ray has CPUs.
 """
 
 from __future__ import annotations
@@ -26,14 +27,25 @@ import pyarrow.parquet as pq
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+# Rows decoded at a time; Ray Data joins them into blocks of its target size.
+BATCH_ROWS = 65_536
 # The columns pandas writes for an index that is not a plain range (`__index_level_0__`).
 PANDAS_INDEX = re.compile(r"__index_level_\d+__")
 
 
 def parquet_files(path: Path) -> list[Path]:
     """The Parquet files of a table: the file itself, or every `.parquet` file under a folder
-    at any depth (Hive partitions are folders), in name order."""
-    return sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    at any depth (Hive partitions are folders), in name order. As Ray Data and Spark do, a
+    name starting with `.` or `_` is not data: a hidden file, or what an unfinished write
+    left (`_temporary/`)."""
+    if not path.is_dir():
+        return [path]
+    hidden = (".", "_")
+    return [
+        file
+        for file in sorted(path.rglob("*.parquet"))
+        if not any(part.startswith(hidden) for part in file.relative_to(path).parts)
+    ]
 
 
 def plain(table: pa.Table) -> pa.Table:
@@ -70,12 +82,21 @@ def _groups(file: Path, columns: list[str] | None) -> list[_Group]:
 
 
 def _read(groups: list[_Group], columns: list[str] | None) -> Iterator[pa.Table]:
-    """A read task: its row groups, one block each, as `plain` makes them."""
-    opened: dict[str, pq.ParquetFile] = {}
+    """A read task: its row groups in batches of `BATCH_ROWS`, as `plain` makes them, decoded
+    on the task's one thread; what it holds is a row group's compressed pages and a batch."""
+    by_file: dict[str, list[int]] = {}
     for group in groups:
-        if group.file not in opened:
-            opened[group.file] = pq.ParquetFile(group.file)
-        yield plain(opened[group.file].read_row_group(group.index, columns=columns))
+        by_file.setdefault(group.file, []).append(group.index)
+    for file, indices in by_file.items():
+        batches = pq.ParquetFile(file).iter_batches(
+            BATCH_ROWS, row_groups=indices, columns=columns, use_threads=False
+        )
+        for batch in batches:
+            table = plain(pa.Table.from_batches([batch]))
+            if columns is not None and len(table.column_names) < len(columns):
+                lost = [c for c in columns if c not in table.column_names]
+                raise ValueError(f"{file}: no column {lost}; the file changed while read")
+            yield table
 
 
 class RowGroups(Datasource):

@@ -1,16 +1,21 @@
 """How a Router replica's answers leave its HTTP server: the status line and headers together
-with the first part of the body, never apart.
+with the first part of the body, never a loop turn apart.
 
 Serve runs the app's code on its own thread and hands each ASGI message to the replica's
-server loop separately, so a response's headers can be written to the socket one loop turn
-before its body. A replica that dies in that gap (killed, OOM, node lost) leaves HAProxy with
-headers already on their way to the client: the client sees the body cut short, and the
-request cannot be replayed on another replica. Held back until the first body message, the
-headers are written in the same loop step as it, so a replica that dies has either answered
-in full or not begun, which HAProxy replays (RAY_SERVE_HAPROXY_RETRY_ON's empty-response).
+server loop separately, so a response's headers could be written to the socket a loop turn
+(and a thread hop) before its body. A replica that died in that gap (killed, OOM, node lost)
+left HAProxy with headers already on their way to the client: the client saw the body cut
+short, and the request could not be replayed on another replica (2 of 7,850 requests in one
+run of tests/test_failures.py). Held back until the first body message, the headers are
+written in the same loop step as it, two socket writes microseconds apart: a replica that dies
+has, all but certainly, answered in full or not begun, which HAProxy replays
+(RAY_SERVE_HAPROXY_RETRY_ON's empty-response).
 
-Serve's replicas wrap their direct-ingress server in the middlewares that the callback at
-RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH returns; serve_config.yaml sets it for the app.
+Serve's replicas wrap their direct-ingress server (HAProxy's backends) in the middlewares that
+the callback at RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH returns; serve_config.yaml sets it
+for the app. A request that Serve gives up on between the two messages (a client gone, a
+`request_timeout_s`) gets uvicorn's 500 rather than Serve's 499 or 408, since Serve took the
+held headers as sent.
 """
 
 from __future__ import annotations
