@@ -100,7 +100,7 @@ deploy: cluster
 run: pipeline deploy
 
 test: install tools
-	$(BIN)/ruff check ray_app jobs tests bench
+	$(BIN)/ruff check ray_app jobs tests bench notebooks
 	$(BIN)/pytest
 
 # Prometheus's own promtool checks and unit-tests monitoring/alerts.yml: taken from Debian's
@@ -128,7 +128,7 @@ bench: install
 	$(BIN)/python -m bench.scale_bench
 
 lint: install
-	$(BIN)/ruff check ray_app jobs tests bench
+	$(BIN)/ruff check ray_app jobs tests bench notebooks
 
 stop:
 	@if [ -x $(BIN)/ray ]; then $(BIN)/ray stop; fi
