@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray.data
 from ray.data.preprocessors import OrdinalEncoder
 
 from ray_app.config import SplitConfig
 from ray_app.data.contract import Contract
+from ray_app.data.ingest import is_arrow_text
 from ray_app.data.snapshot import Snapshot, read_snapshot
 from ray_app.data.split import TEST, TRAIN, VALID, split_dataset
 
@@ -83,9 +86,7 @@ def transform(df: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
     for name in fs.numeric:
         out[name] = _numbers(df[name]).to_numpy(np.float32, na_value=np.nan)
     for name, values in fs.categorical.items():
-        codes = pd.Index(values).get_indexer(df[name]).astype(np.float32)
-        codes[codes < 0] = np.nan  # -1: null, or a category not in the vocabulary
-        out[name] = codes
+        out[name] = _codes(df[name], values)
     for d in fs.derived:
         days = (_dates(df[d["end"]]) - _dates(df[d["start"]])).dt.days
         out[d["name"]] = days.to_numpy(np.float32, na_value=np.nan)
@@ -143,6 +144,19 @@ def _numbers(column: pd.Series) -> pd.Series:
     if pd.api.types.is_numeric_dtype(column):
         return column
     return pd.to_numeric(column, errors="coerce")
+
+
+def _codes(column: pd.Series, vocabulary: list[str]) -> np.ndarray:
+    """A category's position in its vocabulary, NaN for null or a value not in it. Arrow's
+    kernel for Arrow strings (what `coerce` makes of text; 4x pandas' `get_indexer` on them),
+    pandas' for the rest (Ray Data's pandas batches, which hold Python strings)."""
+    if is_arrow_text(column):
+        kind = column.dtype.pyarrow_dtype
+        found = pc.index_in(pa.array(column), value_set=pa.array(vocabulary, kind))
+        return found.to_numpy(zero_copy_only=False).astype(np.float32)  # null → NaN
+    codes = pd.Index(vocabulary).get_indexer(column).astype(np.float32)
+    codes[codes < 0] = np.nan  # -1: null, or a category not in the vocabulary
+    return codes
 
 
 def _dates(column: pd.Series) -> pd.Series:

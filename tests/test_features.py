@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import ray.data
 
@@ -42,13 +43,15 @@ def test_fit_learns_vocabularies_from_train(fitted, contract):
     assert features.FeatureSet.from_json(fs.to_json()) == fs
 
 
-def test_transform_encodes_unknowns_and_nulls_as_missing(fitted):
+@pytest.mark.parametrize("text", [object, pd.ArrowDtype(pa.string())])
+def test_transform_encodes_unknowns_and_nulls_as_missing(fitted, text):
+    """The same codes for Python strings (Ray Data's pandas batches) and Arrow's (`coerce`)."""
     _, fs = fitted
     rows = pd.DataFrame(
         {
             **{n: [1.0, None] for n in fs.numeric},
-            "plan": ["premium", "platinum"],
-            "region": [None, "west"],
+            "plan": pd.Series(["premium", "platinum"], dtype=text),
+            "region": pd.Series([None, "west"], dtype=text),
             "signup_date": ["2024-01-01", "2024-01-01"],
             "last_login": ["2024-03-01", None],
         }

@@ -201,8 +201,8 @@ def test_an_arrow_batch_keeps_the_digits_of_integer_columns_with_nulls():
         }
     )
     typed, reasons = row_reasons(as_frame(table), contract.model_dump_json())
-    assert typed["account"].tolist() == ["1001", None, "1003"]
-    assert typed["senior"].tolist() == ["0", "1", None]
+    assert typed["account"].tolist() == ["1001", pd.NA, "1003"]
+    assert typed["senior"].tolist() == ["0", "1", pd.NA]
     assert reasons[0] == reasons[2] == "" and "account" in reasons[1]
 
 
@@ -270,7 +270,7 @@ def test_a_null_token_a_column_allows_is_a_value_and_a_numeric_marker_a_null():
     )
     for frame in (as_frame(table), as_frame(table).astype("string").astype(object)):
         typed, failures = coerce(frame, contract)
-        assert typed["region"].tolist() == ["NA", "EU", None] and failures == {}
+        assert typed["region"].tolist() == ["NA", "EU", pd.NA] and failures == {}
         assert typed["visits"][0] == 5 and typed["visits"][1:].isna().all()
 
 

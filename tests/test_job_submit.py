@@ -147,8 +147,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"config": config, "search": search, "score": score, "no_label": unlabelled}
 
 
+# The top-level names of every file the job's working directory holds (an excluded folder
+# may still arrive as an empty one, which ships nothing)
 LISTING = (
-    "import os, ray_app; print('FILES', sorted(os.listdir())); print('CODE', ray_app.__file__);"
+    "import os, ray_app; print('FILES', sorted({os.path.relpath(os.path.join(d, f)).split(os.sep)"
+    "[0] for d, _, fs in os.walk('.') for f in fs})); print('CODE', ray_app.__file__);"
     " print('HOME', os.environ['RAYAPP_HOME'])"
 )
 

@@ -265,11 +265,13 @@ TEXTS = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [object, pd.ArrowDtype(pa.string())])
 @pytest.mark.parametrize("pattern", PATTERNS)
-def test_regex_rule_is_python_re_whatever_engine_answers_first(pattern):
+def test_regex_rule_is_python_re_whatever_engine_answers_first(pattern, dtype):
     """`_regex` lets Arrow's RE2 vouch for the values it matches and asks `re` about the rest;
-    on text where the two engines differ, the answer is still exactly `re`'s."""
-    values = pd.Series(TEXTS, index=range(100, 100 + len(TEXTS)), dtype=object)
+    on text where the two engines differ, the answer is still exactly `re`'s, for Python
+    strings and for Arrow's (as `coerce` types text)."""
+    values = pd.Series(TEXTS, index=range(100, 100 + len(TEXTS)), dtype=dtype)
     got = rules._regex(values, pattern)
     search = re.compile(pattern).search
     assert got.tolist() == [search(t) is None for t in TEXTS]
@@ -283,8 +285,9 @@ def test_regex_rule_is_python_re_whatever_engine_answers_first(pattern):
 def test_a_contract_id_pattern_is_matched_by_re2_first():
     """The shortcut is taken on this Python (it reads `re`'s private parse tree, and would
     fall back to `re` alone, slower but right, if that changed)."""
-    texts = np.array(["C123456789", "C12", "x"], dtype=object)
-    assert rules._re2_matches(texts, r"^C\d{9}$").tolist() == [True, False, False]
+    for dtype in (object, pd.ArrowDtype(pa.string())):
+        texts = pd.Series(["C123456789", "C12", "x"], dtype=dtype)
+        assert rules._re2_matches(texts, r"^C\d{9}$").tolist() == [True, False, False]
 
 
 def test_only_patterns_re2_matches_no_wider_get_a_twin():
@@ -303,13 +306,17 @@ def test_regex_rule_on_values_that_are_not_text_falls_back_to_re():
     assert rules._regex(pd.Series(["\ud800x", "x"]), "x").tolist() == [False, False]
 
 
-def test_category_values_are_plain_strings_shared_not_copied():
+def test_text_is_typed_as_arrow_strings_and_judged_by_arrow():
+    """`coerce` keeps text in Arrow (null for a blank or a null token); the in-set rule then
+    compares only with the allowed values that are text, as Python's `isin` would (a value
+    "1" is not the number 1), rather than failing on a mixed list."""
     from ray_app.data.contract import ColumnSpec
     from ray_app.data.ingest import _coerce_text, _trimmed
 
-    raw = pd.Series([" basic", "premium", None, "basic ", "NA", "premium"], dtype=object)
+    raw = pd.Series([" basic", "premium", None, "basic ", "NA", "1"], dtype=object)
     spec = ColumnSpec(type="category", allowed=["basic", "premium"], null_values=["NA"])
     values, bad = _coerce_text(raw, _trimmed(raw), spec)
-    assert values.tolist() == ["basic", "premium", None, "basic", None, "premium"]
-    assert values.dtype == object and not bad.any()
-    assert values[0] is values[3]  # one Python string per distinct value
+    assert values.dtype == pd.ArrowDtype(pa.string()) and not bad.any()
+    assert values.tolist() == ["basic", "premium", pd.NA, "basic", pd.NA, "1"]
+    judged = rules._in_set(values.dropna(), value_set=["basic", 1])
+    assert judged.tolist() == [False, True, False, True]  # (`broken` leaves nulls out)
