@@ -50,6 +50,7 @@ ARROW_TYPES = {
 # exactly and rounds beyond: a larger value (a 64-bit id) is refused as not an integer, never
 # silently changed. Identifiers that large belong in a `string` column.
 MAX_SAFE_INTEGER = 2**53 - 1
+NODE_ID_LABEL = "ray.io/node-id"  # the label Ray gives every node: its id
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
@@ -203,22 +204,16 @@ def csv_options(columns: list[str]) -> dict:
     }
 
 
-def on_this_node(path: Path) -> str:
-    """A path on this machine's disk as Ray Data must name it: `local://` runs the read or
-    write tasks on this node, where on a cluster another node would not find the file. Ray
-    2.60 warns that `local://` goes after January 2027; by then such data belongs on storage
-    every node reaches (the store's object store)."""
-    return f"local://{path}"
-
-
 def pinned_args() -> dict[str, Any]:
-    """`ray_remote_args` for the read and write tasks pinned to this node. A
-    cluster head started without task CPUs, as `cluster.yaml` and `kuberay/` start it so that
-    work goes to the workers, could never run a task that asks for one, and Ray refuses such a
-    pin: there these tasks ask for none."""
+    """Ray's task options for reads and writes that must run on this node, where the files
+    given with `--data` or `--out` are: Ray's own node label (`ray.io/node-id`) as their
+    label selector, as Ray Data pins a `local://` path's tasks (a scheme Ray 2.60 deprecates,
+    to go after January 2027). A cluster head started without task CPUs, as `cluster.yaml`
+    and `kuberay/` start it so that work goes to the workers, could never run a task that
+    asks for one, and Ray refuses such a pin: there these tasks ask for none."""
     here = ray.get_runtime_context().get_node_id()
     cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here), 0)
-    return {} if cpus else {"num_cpus": 0}
+    return {"label_selector": {NODE_ID_LABEL: here}, **({} if cpus else {"num_cpus": 0})}
 
 
 def read_parquet(paths: str, **options: Any) -> ray.data.Dataset:
@@ -249,7 +244,7 @@ def read_raw(source: Source, columns: list[str] | None = None) -> ray.data.Datas
     options = csv_options(source.columns)
     if columns is not None:
         options["convert_options"].include_columns = columns
-    return ray.data.read_csv(on_this_node(source.path), ray_remote_args=pinned_args(), **options)
+    return ray.data.read_csv(str(source.path), **pinned_args(), **options)
 
 
 def read_problem(source: Source) -> str | None:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import ray.data
 
 from ray_app.data.contract import Contract
-from ray_app.data.ingest import DataError, Source, on_this_node, pinned_args
+from ray_app.data.ingest import DataError, Source, pinned_args
 from ray_app.data.validate import row_reasons
 
 REASON = "_quarantine_reason"
@@ -71,7 +71,7 @@ def quarantine(
                 f"more than the {max_bad_fraction:.2%} the quarantine policy allows; e.g. "
                 + "; ".join(r[REASON] for r in reasons)
             )
-        bad.write_parquet(on_this_node(tmp), ray_remote_args=pinned_args())
+        bad.write_parquet(str(tmp), ray_remote_args=pinned_args())
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -35,7 +35,6 @@ from ray_app.data.ingest import (
     Source,
     arrow_column,
     as_frame,
-    on_this_node,
     open_source,
     pinned_args,
     read_raw,
@@ -254,7 +253,7 @@ def _score(
                 batch_size=batch_rows,
                 num_cpus=SCORE_CPUS,
             ).write_parquet(
-                on_this_node(staging),
+                str(staging),
                 partition_cols=[STATUS],
                 ray_remote_args=pinned_args(),
                 use_dictionary=DICTIONARY_COLUMNS,
@@ -362,7 +361,7 @@ def _write(ds: ray.data.Dataset, target: Path) -> None:
     """Into a temporary sibling, renamed into place: a folder there is always complete."""
     tmp = target.with_name(f".tmp-{target.name}-{uuid.uuid4().hex[:8]}")
     try:
-        ds.write_parquet(on_this_node(tmp), ray_remote_args=pinned_args())
+        ds.write_parquet(str(tmp), ray_remote_args=pinned_args())
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
