@@ -148,8 +148,8 @@ def _numbers(column: pd.Series) -> pd.Series:
 
 def _codes(column: pd.Series, vocabulary: list[str]) -> np.ndarray:
     """A category's position in its vocabulary, NaN for null or a value not in it. Arrow's
-    kernel for Arrow strings (what `coerce` makes of text; 4x pandas' `get_indexer` on them),
-    pandas' for the rest (Ray Data's pandas batches, which hold Python strings)."""
+    kernel for Arrow strings (what `coerce` makes of text, and Ray Data's pandas batches hold;
+    4x pandas' `get_indexer` on them), pandas' for Python strings (a plain pandas frame)."""
     if is_arrow_text(column):
         kind = column.dtype.pyarrow_dtype
         found = pc.index_in(pa.array(column), value_set=pa.array(vocabulary, kind))

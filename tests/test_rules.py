@@ -82,6 +82,8 @@ def test_examples_show_the_offending_values(contract):
     pair = next(c for c in contract.checks() if c.type == rules.GREATER)
     shown = rules.examples(typed, pair, rules.broken(typed, pair), 5)
     assert shown[0] == "last_login=2022-05-01 00:00:00, signup_date=2022-05-02 00:00:00"
+    missing = next(c for c in contract.checks() if c.key == (rules.NOT_NULL, "customer_id"))
+    assert rules.examples(typed, missing, rules.broken(typed, missing), 5) == ["None"]  # not <NA>
 
 
 def test_row_reasons_name_every_rule_a_row_breaks(contract):

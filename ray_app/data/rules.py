@@ -218,5 +218,11 @@ def examples(typed: pd.DataFrame, check: Check, mask: np.ndarray, limit: int) ->
     rows = np.flatnonzero(mask)[:limit]
     if check.type in PAIR_CHECKS:
         a, b = check.kwargs["column_A"], check.kwargs["column_B"]
-        return [f"{a}={typed[a].iloc[i]}, {b}={typed[b].iloc[i]}" for i in rows]
-    return [str(v) for v in typed[check.kwargs["column"]].iloc[rows]]
+        return [f"{a}={_shown(typed[a].iloc[i])}, {b}={_shown(typed[b].iloc[i])}" for i in rows]
+    return [_shown(v) for v in typed[check.kwargs["column"]].iloc[rows]]
+
+
+def _shown(value: Any) -> str:
+    """A typed value as a report shows it; a missing text value (Arrow's null) as `None`,
+    not pandas' `<NA>`."""
+    return "None" if value is pd.NA else str(value)
