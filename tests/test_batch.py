@@ -276,3 +276,23 @@ def test_a_column_the_model_does_not_read_sets_no_row_aside_unless_sensitive(res
     batch = pa.Table.from_pandas(frame, preserve_index=False)
     table = _score_batch(batch, Scorer.of(loaded), contract.model_dump_json(), "v1")
     assert table["_status"].to_pylist() == ["scored", "scored", "quarantined"]
+
+
+def test_a_table_partitioned_by_a_model_input_is_scored_as_the_whole_file(result, tmp_path):
+    """`region=north/` folders carry a column the model reads: the partitioned table scores
+    as the same rows in one file do."""
+    whole = synth.write(tmp_path / "whole.parquet", 400, seed=46)
+    frame = pd.read_parquet(whole)
+    for region, rows in frame.groupby("region"):
+        folder = tmp_path / "parts" / f"region={region}"
+        folder.mkdir(parents=True)
+        rows.drop(columns="region").to_parquet(folder / "part-0.parquet", index=False)
+    model = f"{result.model_name}@production"
+    parts = batch_predict(model, tmp_path / "parts", tmp_path / "parts-out")
+    one = batch_predict(model, whole, tmp_path / "whole-out")
+    assert (parts.scored, parts.quarantined) == (one.scored, one.quarantined) == (400, 0)
+    scored = [
+        pq.read_table(out).to_pandas().set_index("customer_id").sort_index()["probability"]
+        for out in (parts.out, one.out)
+    ]
+    pd.testing.assert_series_equal(*scored)

@@ -1,14 +1,18 @@
 """A table's Parquet files read by row groups: one file splits across read tasks, every row
-read once, as written, with only the columns asked for."""
+read once, as written, with only the columns asked for, and a partitioned table's folder
+names as columns."""
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_app.data.parquet_files import RowGroups, parquet_files
+from ray_app.data.ingest import DataError, open_source
+from ray_app.data.parquet_files import RowGroups, parquet_files, partitions
 
 
 @pytest.fixture
@@ -72,3 +76,32 @@ def test_a_file_that_lost_a_column_since_it_was_opened_says_so(tmp_path):
     pq.write_table(pa.table({"id": [1]}), path)  # rewritten between the footer and the read
     with pytest.raises(ValueError, match=r"t.parquet: no column \['x'\]"):
         list(reader.get_read_tasks(1)[0]())
+
+
+def test_hive_partition_folders_are_text_columns_after_the_files_own(tmp_path, ray_session):
+    """As Ray Data and Spark read a partitioned table: `key=value` folders add a text column
+    (%-escapes decoded), asked for or not like any other; a key the file holds stays the
+    file's."""
+    for region, day in (("north", "1"), ("south/east", "2")):
+        folder = tmp_path / f"region={quote(region, safe='')}" / f"day={day}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"id": [int(day)], "day": [int(day) * 10]}), folder / "p.parquet")
+    files = parquet_files(tmp_path)
+    assert partitions(files[1], tmp_path) == {"region": "south/east", "day": "2"}
+    read = ray_session.data.read_datasource(RowGroups(files, root=tmp_path)).to_pandas()
+    assert read.sort_values("id").to_dict("list") == {
+        "id": [1, 2], "day": [10, 20], "region": ["north", "south/east"]
+    }  # fmt: skip
+    [table, *_] = RowGroups(files, ["region"], root=tmp_path).get_read_tasks(1)[0]()
+    assert table.column_names == ["region"] and table.num_rows == 1
+    [table, *_] = RowGroups(files, ["id"], root=tmp_path).get_read_tasks(1)[0]()
+    assert table.column_names == ["id"]
+    assert open_source(tmp_path).columns == ["id", "day", "region"]
+
+
+def test_a_file_outside_the_partition_folders_lacks_their_column(tmp_path):
+    (tmp_path / "region=north").mkdir()
+    pq.write_table(pa.table({"id": [1]}), tmp_path / "region=north" / "a.parquet")
+    pq.write_table(pa.table({"id": [2]}), tmp_path / "b.parquet")
+    with pytest.raises(DataError, match=r"a.parquet: adds \['region'\] against .*b.parquet"):
+        open_source(tmp_path)

@@ -26,7 +26,7 @@ import ray.data
 import ray.exceptions
 
 from ray_app.data.contract import ColumnSpec, Contract
-from ray_app.data.parquet_files import PANDAS_INDEX, RowGroups, parquet_files
+from ray_app.data.parquet_files import PANDAS_INDEX, RowGroups, parquet_files, partitions
 from ray_app.errors import RayAppError
 
 # Ray Data loggers that print a failed task's traceback before it is raised; `reading` reports
@@ -80,8 +80,9 @@ def dataset_version(path: Path) -> str:
 
 
 def _parquet_columns(folder: Path) -> list[str]:
-    """A Parquet folder's columns, from the footer of every file in it at any depth (Hive
-    partitions are folders). Files that disagree are refused here, naming the file: inside
+    """A Parquet folder's columns, from the footer of every file in it at any depth, and the
+    Hive partitions its folders name (`region=north/`, read as text columns, as Ray Data and
+    Spark read them). Files that disagree are refused here, naming the file: inside
     Ray a file without a column fails a task that does not say which file, or, where a
     contract lets the column be absent, reads as nulls."""
     files = parquet_files(folder)
@@ -90,9 +91,9 @@ def _parquet_columns(folder: Path) -> list[str]:
             f"{folder}: a folder to read must hold .parquet files, and this one has none "
             "(for CSV, name the file itself)"
         )
-    first = _schema(files[0])
+    first = _schema(files[0], folder)
     for file in files[1:]:
-        schema = _schema(file)
+        schema = _schema(file, folder)
         if set(schema.names) != set(first.names):
             missing = [c for c in first.names if c not in schema.names]
             extra = [c for c in schema.names if c not in first.names]
@@ -119,13 +120,16 @@ def _format(file: Path) -> str:
     raise DataError(f"{file}: unsupported file type {suffix!r}; expected .csv or .parquet")
 
 
-def _schema(file: Path) -> pa.Schema:
-    """A Parquet file's columns as this project reads them (`parquet_files.plain`)."""
+def _schema(file: Path, root: Path | None = None) -> pa.Schema:
+    """A Parquet file's columns as this project reads them (`parquet_files.plain`), with the
+    Hive partitions of its folders under `root` as text columns after its own."""
     try:
         schema = pq.read_schema(file)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{file}: not a readable Parquet file ({e})") from None
-    return pa.schema([f for f in schema if not PANDAS_INDEX.fullmatch(f.name)])
+    fields = [f for f in schema if not PANDAS_INDEX.fullmatch(f.name)]
+    added = [key for key in partitions(file, root) if key not in schema.names] if root else []
+    return pa.schema([*fields, *((key, pa.string()) for key in added)])
 
 
 def _header(file: Path, fmt: str) -> list[str]:
@@ -237,7 +241,7 @@ def read_raw(source: Source, columns: list[str] | None = None) -> ray.data.Datas
     Parquet is read by row groups (`parquet_files.RowGroups`) in tasks on this node."""
     if source.fmt == "parquet":
         try:
-            files = RowGroups(parquet_files(source.path), columns)
+            files = RowGroups(parquet_files(source.path), columns, root=source.path)
         except (pa.ArrowInvalid, OSError) as e:  # a footer changed since `open_source`
             raise unreadable(source, str(e)) from None
         return ray.data.read_datasource(files, **pinned_args())

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +49,14 @@ def parquet_files(path: Path) -> list[Path]:
     ]
 
 
+def partitions(file: Path, root: Path) -> dict[str, str]:
+    """The Hive partition values a file's folders name between `root` and it (`region=north/`),
+    as text, %-escapes decoded as Hive writes them; a file's own columns come first, so a key
+    the file also holds is not one."""
+    folders = [part.split("=", 1) for part in file.relative_to(root).parts[:-1] if "=" in part]
+    return {unquote(key): unquote(value) for key, value in folders}
+
+
 def plain(table: pa.Table) -> pa.Table:
     """A Parquet block as its columns, without what pandas wrote for its index. From the file's
     pandas metadata, Ray's and Arrow's `to_pandas` would make an index again: an id written
@@ -64,10 +73,17 @@ class _Group:
     index: int
     rows: int
     bytes: int  # uncompressed, of the columns read: about its size in memory
+    partitions: tuple[tuple[str, str], ...] = ()  # added to its rows as text columns
 
 
-def _groups(file: Path, columns: list[str] | None) -> list[_Group]:
+def _groups(file: Path, root: Path, columns: list[str] | None) -> list[_Group]:
     meta = pq.read_metadata(file)
+    names = set(meta.schema.names)
+    added = tuple(
+        (key, value)
+        for key, value in partitions(file, root).items()
+        if key not in names and (columns is None or key in columns)
+    )
     groups = []
     for index in range(meta.num_row_groups):
         group = meta.row_group(index)
@@ -77,22 +93,31 @@ def _groups(file: Path, columns: list[str] | None) -> list[_Group]:
             if columns is None or group.column(c).path_in_schema in columns
         )
         if group.num_rows:  # pyarrow writes a table of no rows as one empty group
-            groups.append(_Group(str(file), index, group.num_rows, size))
+            groups.append(_Group(str(file), index, group.num_rows, size, added))
     return groups
 
 
 def _read(groups: list[_Group], columns: list[str] | None) -> Iterator[pa.Table]:
     """A read task: its row groups in batches of `BATCH_ROWS`, as `plain` makes them, decoded
     on the task's one thread; what it holds is a row group's compressed pages and a batch."""
-    by_file: dict[str, list[int]] = {}
+    by_file: dict[str, list[_Group]] = {}
     for group in groups:
-        by_file.setdefault(group.file, []).append(group.index)
-    for file, indices in by_file.items():
+        by_file.setdefault(group.file, []).append(group)
+    for file, runs in by_file.items():
+        added = dict(runs[0].partitions)
         batches = pq.ParquetFile(file).iter_batches(
-            BATCH_ROWS, row_groups=indices, columns=columns, use_threads=False
+            BATCH_ROWS,
+            row_groups=[group.index for group in runs],
+            columns=None if columns is None else [c for c in columns if c not in added],
+            use_threads=False,
         )
         for batch in batches:
             table = plain(pa.Table.from_batches([batch]))
+            if added:  # built anew: a batch of no columns (only partitions asked for) has rows
+                values = [pa.repeat(value, batch.num_rows) for value in added.values()]
+                table = pa.Table.from_arrays(
+                    [*table.columns, *values], names=[*table.column_names, *added]
+                )
             if columns is not None and len(table.column_names) < len(columns):
                 lost = [c for c in columns if c not in table.column_names]
                 raise ValueError(f"{file}: no column {lost}; the file changed while read")
@@ -101,13 +126,18 @@ def _read(groups: list[_Group], columns: list[str] | None) -> Iterator[pa.Table]
 
 class RowGroups(Datasource):
     """Local Parquet files (`columns` of them, or all) for `ray.data.read_datasource`, in
-    read tasks of contiguous row groups. A file without rows gives no task. Reads every
-    footer: pyarrow's error for one that cannot be read."""
+    read tasks of contiguous row groups, with the Hive partition values of their folders
+    under `root` as columns. A file without rows gives no task. Reads every footer:
+    pyarrow's error for one that cannot be read."""
 
-    def __init__(self, files: list[Path], columns: list[str] | None = None) -> None:
+    def __init__(
+        self, files: list[Path], columns: list[str] | None = None, root: Path | None = None
+    ) -> None:
         super().__init__()
         self.columns = columns
-        self.groups = [group for file in files for group in _groups(file, columns)]
+        self.groups = [
+            group for file in files for group in _groups(file, root or file.parent, columns)
+        ]
 
     @property
     def supports_distributed_reads(self) -> bool:
