@@ -105,15 +105,32 @@ def test_missing_and_unknown_columns_are_listed(contract, churn_csv, tmp_path):
 def test_a_parquet_folder_whose_files_disagree_on_columns_is_refused(contract, tmp_path):
     frame = next(synth.generate(100, seed=4))
     folder = tmp_path / "parts"
-    (folder / "day=2").mkdir(parents=True)
+    (folder / "more").mkdir(parents=True)
     frame.to_parquet(folder / "a.parquet")
-    frame.drop(columns=["age"]).assign(shoe_size=42).to_parquet(folder / "day=2" / "b.parquet")
+    frame.drop(columns=["age"]).assign(shoe_size=42).to_parquet(folder / "more" / "b.parquet")
     with pytest.raises(DataError, match=r"lacks \['age'\] and adds \['shoe_size'\]") as err:
         inspect_source(folder, contract)
-    assert str(folder / "day=2" / "b.parquet") in str(err.value)
-    frame.assign(age=frame.age.astype(str)).to_parquet(folder / "day=2" / "b.parquet")
+    assert str(folder / "more" / "b.parquet") in str(err.value)
+    frame.assign(age=frame.age.astype(str)).to_parquet(folder / "more" / "b.parquet")
     with pytest.raises(DataError, match=r"column 'age' is string there and int64 in"):
         inspect_source(folder, contract)
+
+
+def test_a_table_partitioned_by_a_column_the_contract_does_not_name_is_validated(
+    ray_session, contract, tmp_path
+):
+    """`date=...` folders lay the table out; their column is not refused as unknown, as a
+    file's own column would be."""
+    frame = next(synth.generate(300, seed=6))
+    for day, rows in (("2024-06-01", frame[:100]), ("2024-06-02", frame[100:])):
+        (tmp_path / f"date={day}").mkdir()
+        rows.to_parquet(tmp_path / f"date={day}" / "part-0.parquet")
+    source, report = _validate(tmp_path, contract)
+    assert source.partitioned == ("date",) and source.columns[-1] == "date"
+    assert report.success and report.rows == 300, report.failures
+    frame.assign(date="2024-06-03").to_parquet(tmp_path / "date=2024-06-01" / "part-0.parquet")
+    with pytest.raises(DataError, match=r"unknown columns \['date'\]"):  # the file's own
+        inspect_source(tmp_path, contract)
 
 
 def test_a_header_that_names_a_column_twice_is_refused(contract, churn_csv, tmp_path):

@@ -64,6 +64,7 @@ class Source:
     fmt: str
     version: str
     columns: list[str]
+    partitioned: tuple[str, ...] = ()  # the columns Hive partition folders make
 
 
 def dataset_version(path: Path) -> str:
@@ -79,12 +80,13 @@ def dataset_version(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _parquet_columns(folder: Path) -> list[str]:
+def _parquet_columns(folder: Path) -> tuple[list[str], tuple[str, ...]]:
     """A Parquet folder's columns, from the footer of every file in it at any depth, and the
     Hive partitions its folders name (`region=north/`, read as text columns, as Ray Data and
     Spark read them). Files that disagree are refused here, naming the file: inside
     Ray a file without a column fails a task that does not say which file, or, where a
-    contract lets the column be absent, reads as nulls."""
+    contract lets the column be absent, reads as nulls. Returns the columns, and which of them
+    the partitions make."""
     files = parquet_files(folder)
     if not files:
         raise DataError(
@@ -108,7 +110,8 @@ def _parquet_columns(folder: Path) -> list[str]:
                     f"{file}: column {name!r} is {kind} there and {was} in {files[0]}; every "
                     "file of a folder must have the same column types"
                 )
-    return list(first.names)
+    own = pq.read_schema(files[0]).names
+    return list(first.names), tuple(name for name in first.names if name not in own)
 
 
 def _format(file: Path) -> str:
@@ -153,8 +156,9 @@ def open_source(path: str | Path) -> Source:
     path = Path(path).resolve()
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    partitioned: tuple[str, ...] = ()
     if path.is_dir():
-        fmt, columns = "parquet", _parquet_columns(path)
+        fmt, (columns, partitioned) = "parquet", _parquet_columns(path)
     else:
         fmt = _format(path)
         columns = _header(path, fmt)
@@ -163,16 +167,18 @@ def open_source(path: str | Path) -> Source:
             f"{path}: columns {repeated} appear more than once in the header; every column "
             "needs a name of its own"
         )
-    return Source(path=path, fmt=fmt, version=dataset_version(path), columns=columns)
+    return Source(path, fmt, dataset_version(path), columns, partitioned)
 
 
 def inspect_source(path: str | Path, contract: Contract) -> Source:
-    """Check a source exists and its columns match the contract before any Ray work starts."""
+    """Check a source exists and its columns match the contract before any Ray work starts.
+    A column that only a partition folder makes (`date=2024-06-01/`) may be one the contract
+    does not name: how a table is laid out, not what its rows hold."""
     source = open_source(path)
     path, columns = source.path, source.columns
     expected = list(contract.columns)
     missing = [c for c in expected if c not in columns]
-    extra = [c for c in columns if c not in contract.columns]
+    extra = [c for c in columns if c not in contract.columns and c not in source.partitioned]
     if missing or extra:
         parts = []
         if missing:
