@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
@@ -80,23 +81,24 @@ def test_a_file_that_lost_a_column_since_it_was_opened_says_so(tmp_path):
 
 def test_hive_partition_folders_are_text_columns_after_the_files_own(tmp_path, ray_session):
     """As Ray Data and Spark read a partitioned table: `key=value` folders add a text column
-    (%-escapes decoded), asked for or not like any other; a key the file holds stays the
-    file's."""
+    (%-escapes decoded), asked for or not like any other."""
     for region, day in (("north", "1"), ("south/east", "2")):
         folder = tmp_path / f"region={quote(region, safe='')}" / f"day={day}"
         folder.mkdir(parents=True)
-        pq.write_table(pa.table({"id": [int(day)], "day": [int(day) * 10]}), folder / "p.parquet")
+        pq.write_table(pa.table({"id": [int(day)], "x": [int(day) * 10]}), folder / "p.parquet")
     files = parquet_files(tmp_path)
     assert partitions(files[1], tmp_path) == {"region": "south/east", "day": "2"}
-    read = ray_session.data.read_datasource(RowGroups(files, root=tmp_path)).to_pandas()
-    assert read.sort_values("id").to_dict("list") == {
-        "id": [1, 2], "day": [10, 20], "region": ["north", "south/east"]
-    }  # fmt: skip
+    read = ray_session.data.read_datasource(RowGroups(files, root=tmp_path)).take_all()
+    assert sorted(read, key=lambda row: row["id"]) == [
+        {"id": 1, "x": 10, "region": "north", "day": "1"},
+        {"id": 2, "x": 20, "region": "south/east", "day": "2"},
+    ]
     [table, *_] = RowGroups(files, ["region"], root=tmp_path).get_read_tasks(1)[0]()
     assert table.column_names == ["region"] and table.num_rows == 1
     [table, *_] = RowGroups(files, ["id"], root=tmp_path).get_read_tasks(1)[0]()
     assert table.column_names == ["id"]
-    assert open_source(tmp_path).columns == ["id", "day", "region"]
+    assert open_source(tmp_path).columns == ["id", "x", "region", "day"]
+    assert open_source(tmp_path).partitioned == ("region", "day")
 
 
 def test_a_file_outside_the_partition_folders_lacks_their_column(tmp_path):
@@ -105,3 +107,15 @@ def test_a_file_outside_the_partition_folders_lacks_their_column(tmp_path):
     pq.write_table(pa.table({"id": [2]}), tmp_path / "b.parquet")
     with pytest.raises(DataError, match=r"a.parquet: adds \['region'\] against .*b.parquet"):
         open_source(tmp_path)
+
+
+def test_partitions_written_by_pyarrow_read_as_pyarrow_reads_them(tmp_path, ray_session):
+    """`write_to_dataset` (pandas' `partition_cols`, Spark alike) names a null value
+    `__HIVE_DEFAULT_PARTITION__` and %-escapes the rest: read back as null and as written."""
+    table = pa.table({"id": [1, 2, 3], "region": ["north", None, "a/b c"]})
+    pq.write_to_dataset(table, tmp_path, partition_cols=["region"])
+    read = ray_session.data.read_datasource(RowGroups(parquet_files(tmp_path), root=tmp_path))
+    expected = pads.dataset(tmp_path, partitioning="hive").to_table().to_pylist()
+    got = sorted(read.take_all(), key=lambda row: row["id"])
+    assert got == sorted(expected, key=lambda row: row["id"])
+    assert [row["region"] for row in got] == ["north", None, "a/b c"]

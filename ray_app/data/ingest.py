@@ -93,9 +93,20 @@ def _parquet_columns(folder: Path) -> tuple[list[str], tuple[str, ...]]:
             f"{folder}: a folder to read must hold .parquet files, and this one has none "
             "(for CSV, name the file itself)"
         )
-    first = _schema(files[0], folder)
-    for file in files[1:]:
-        schema = _schema(file, folder)
+    layout = {file: partitions(file, folder) for file in files}
+    keys = {key for values in layout.values() for key in values}
+    schemas = []
+    for file in files:
+        own = _schema(file)
+        if held := [key for key in own.names if key in keys]:
+            raise DataError(
+                f"{file}: holds columns {held} that partition folders also name (such as "
+                f"{held[0]}=...); a partitioned table's files leave those columns out, or one "
+                "of the two values would be read silently"
+            )
+        schemas.append(pa.schema([*own, *((key, pa.string()) for key in layout[file])]))
+    first = schemas[0]
+    for file, schema in zip(files[1:], schemas[1:], strict=True):
         if set(schema.names) != set(first.names):
             missing = [c for c in first.names if c not in schema.names]
             extra = [c for c in schema.names if c not in first.names]
@@ -110,8 +121,7 @@ def _parquet_columns(folder: Path) -> tuple[list[str], tuple[str, ...]]:
                     f"{file}: column {name!r} is {kind} there and {was} in {files[0]}; every "
                     "file of a folder must have the same column types"
                 )
-    own = pq.read_schema(files[0]).names
-    return list(first.names), tuple(name for name in first.names if name not in own)
+    return list(first.names), tuple(name for name in first.names if name in keys)
 
 
 def _format(file: Path) -> str:
@@ -123,16 +133,13 @@ def _format(file: Path) -> str:
     raise DataError(f"{file}: unsupported file type {suffix!r}; expected .csv or .parquet")
 
 
-def _schema(file: Path, root: Path | None = None) -> pa.Schema:
-    """A Parquet file's columns as this project reads them (`parquet_files.plain`), with the
-    Hive partitions of its folders under `root` as text columns after its own."""
+def _schema(file: Path) -> pa.Schema:
+    """A Parquet file's columns as this project reads them (`parquet_files.plain`)."""
     try:
         schema = pq.read_schema(file)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{file}: not a readable Parquet file ({e})") from None
-    fields = [f for f in schema if not PANDAS_INDEX.fullmatch(f.name)]
-    added = [key for key in partitions(file, root) if key not in schema.names] if root else []
-    return pa.schema([*fields, *((key, pa.string()) for key in added)])
+    return pa.schema([f for f in schema if not PANDAS_INDEX.fullmatch(f.name)])
 
 
 def _header(file: Path, fmt: str) -> list[str]:

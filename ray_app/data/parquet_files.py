@@ -32,6 +32,7 @@ from ray.data.datasource import Datasource, ReadTask
 BATCH_ROWS = 65_536
 # The columns pandas writes for an index that is not a plain range (`__index_level_0__`).
 PANDAS_INDEX = re.compile(r"__index_level_\d+__")
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 
 def parquet_files(path: Path) -> list[Path]:
@@ -49,12 +50,12 @@ def parquet_files(path: Path) -> list[Path]:
     ]
 
 
-def partitions(file: Path, root: Path) -> dict[str, str]:
+def partitions(file: Path, root: Path) -> dict[str, str | None]:
     """The Hive partition values a file's folders name between `root` and it (`region=north/`),
-    as text, %-escapes decoded as Hive writes them; a file's own columns come first, so a key
-    the file also holds is not one."""
+    as text, %-escapes decoded as Hive writes them; Hive's, Spark's and pyarrow's marker of a
+    null value (`__HIVE_DEFAULT_PARTITION__`) is null."""
     folders = [part.split("=", 1) for part in file.relative_to(root).parts[:-1] if "=" in part]
-    return {unquote(key): unquote(value) for key, value in folders}
+    return {unquote(key): None if value == HIVE_NULL else unquote(value) for key, value in folders}
 
 
 def plain(table: pa.Table) -> pa.Table:
@@ -73,12 +74,12 @@ class _Group:
     index: int
     rows: int
     bytes: int  # uncompressed, of the columns read: about its size in memory
-    partitions: tuple[tuple[str, str], ...] = ()  # added to its rows as text columns
+    partitions: tuple[tuple[str, str | None], ...] = ()  # added to its rows as text columns
 
 
 def _groups(file: Path, root: Path, columns: list[str] | None) -> list[_Group]:
     meta = pq.read_metadata(file)
-    names = set(meta.schema.names)
+    names = set(meta.schema.to_arrow_schema().names)
     added = tuple(
         (key, value)
         for key, value in partitions(file, root).items()
@@ -114,7 +115,9 @@ def _read(groups: list[_Group], columns: list[str] | None) -> Iterator[pa.Table]
         for batch in batches:
             table = plain(pa.Table.from_batches([batch]))
             if added:  # built anew: a batch of no columns (only partitions asked for) has rows
-                values = [pa.repeat(value, batch.num_rows) for value in added.values()]
+                values = [
+                    pa.repeat(pa.scalar(v, pa.string()), batch.num_rows) for v in added.values()
+                ]
                 table = pa.Table.from_arrays(
                     [*table.columns, *values], names=[*table.column_names, *added]
                 )
